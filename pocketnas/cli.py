@@ -1,0 +1,360 @@
+"""Command-line interface: argument parsing only; each subcommand calls one library function.
+
+Errors caused by user input (`PocketNasError`) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pocketnas.errors import PocketNasError
+
+logger = logging.getLogger("pocketnas")
+
+EXIT_USER_ERROR = 2
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="DARTS search of a cell genotype on face data")
+    p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--preset", help="search preset name or YAML file (default: pocketnet-search)")
+    p.add_argument("--order", choices=["first", "second"], help="architecture gradient order")
+    p.add_argument("--epochs", type=int, help="number of search epochs")
+    p.add_argument("--batch-size", type=int, help="images per batch in each data half")
+    p.add_argument("--image-size", type=int, help="side of the network input in pixels")
+    p.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=_cmd_search)
+
+
+def _add_retrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="retrain a genotype's network with ArcFace")
+    p.add_argument("--genotype", required=True, help="genotype JSON (or Genotype(...) text) file")
+    p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--preset", help="retraining preset name or YAML file (default: pocketnet-s128)")
+    p.add_argument("--bin", nargs="*", default=[], help="verification .bin files for each epoch")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="images per batch")
+    p.add_argument("--image-size", type=int, help="side of the network input in pixels")
+    p.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=_cmd_retrain)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pocketnas",
+        description="NAS-first AutoML for lightweight face recognition.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic face identities")
+    p.add_argument("--out", required=True, help="output folder (created; must not hold a run)")
+    p.add_argument("--preset", default="demo", help="demo preset name or YAML file")
+    p.set_defaults(func=_cmd_demo)
+
+    data = sub.add_parser("data", help="face data: synthesize and inspect")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = data_sub.add_parser("synth", help="write synthetic face identities in insightface's format")
+    p.add_argument("dir", help="output folder (created if its parent exists)")
+    p.add_argument("--identities", type=int, default=300, help="training identities")
+    p.add_argument("--images-per-identity", type=int, default=20, help="images per identity")
+    p.add_argument("--pairs", type=int, default=1200, help="verification pairs (unseen identities)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--image-size", type=int, default=112, help="image side in pixels")
+    p.set_defaults(func=_cmd_synth)
+    p = data_sub.add_parser("inspect", help="describe a .rec/.idx folder or a .bin file")
+    p.add_argument("path", help="folder with train.rec/train.idx/property, or a .bin file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_inspect)
+
+    _add_search(sub)
+
+    p = sub.add_parser("derive", help="genotype JSON from a search run or from Genotype(...) text")
+    p.add_argument("run", nargs="?", help="search run folder or search checkpoint")
+    p.add_argument("--from-string", dest="from_string", help="the authors' Genotype(...) text")
+    p.add_argument("--out", help="genotype JSON file to write (default: print it)")
+    p.set_defaults(func=_cmd_derive)
+
+    p = sub.add_parser("render", help="draw the normal and reduction cells of a genotype")
+    p.add_argument("genotype", help="genotype JSON (or Genotype(...) text) file")
+    p.add_argument("--out", required=True, help="output folder (created if its parent exists)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=["png", "svg"],
+        choices=["png", "svg", "pdf"],
+        help="picture formats",
+    )
+    p.set_defaults(func=_cmd_render)
+
+    _add_retrain(sub)
+
+    p = sub.add_parser("eval", help="10-fold verification accuracy of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="pocketnas checkpoint or bare state dict")
+    p.add_argument("--preset", help="retraining preset for a bare state dict (e.g. pocketnet-s128)")
+    p.add_argument("--genotype", help="genotype file for a bare state dict (default: PocketNet's)")
+    p.add_argument("--bin", nargs="+", required=True, help="verification .bin files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("flops", help="parameters and MFLOPs for one 3x112x112 image")
+    p.add_argument("--preset", help="retraining preset name or YAML file")
+    p.add_argument("--genotype", help="genotype file (default: PocketNet's)")
+    p.add_argument("--channels", type=int, help="initial channels")
+    p.add_argument("--layers", type=int, help="number of cells")
+    p.add_argument("--embedding", type=int, help="embedding size")
+    p.add_argument("--image-size", type=int, default=112, help="input side in pixels")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_flops)
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pocketnas.demo import run_demo
+
+    summary = run_demo(args.out, preset=args.preset, show_progress=not args.quiet)
+    verification = summary["verification"]
+    print(f"pictures: {summary['pictures']['folder']}")
+    print(f"report: {summary['report']}")
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    print(
+        f"verification accuracy on unseen identities: {verification['accuracy']:.4f} "
+        f"+- {verification['accuracy_std']:.4f} (raw-pixel baseline "
+        f"{summary['baseline']['raw_pixel_accuracy']:.4f})"
+    )
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pocketnas.data.synth import synthesize
+
+    summary = synthesize(
+        args.dir,
+        identities=args.identities,
+        images_per_identity=args.images_per_identity,
+        pairs=args.pairs,
+        seed=args.seed,
+        image_size=args.image_size,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"wrote {summary.num_train_images} images of {summary.num_classes} identities and "
+        f"{summary.num_pairs} verification pairs to {args.dir}"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pocketnas.data.inspect import inspect_path
+
+    info = inspect_path(args.path)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pocketnas.config import SearchConfig, load_preset, override
+    from pocketnas.searchers.search import run_search
+
+    config = load_preset(SearchConfig, args.preset or "pocketnet-search")
+    config = override(
+        config,
+        order=args.order,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        steps_per_epoch=args.steps_per_epoch,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    result = run_search(
+        config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
+    )
+    print(f"genotype: {result.genotype.to_text()}")
+    print(f"written to {result.run_dir / 'genotype.json'}")
+    return 0
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    from pocketnas.derive.derive import derive_from_path
+    from pocketnas.fileio import atomic_write_text
+    from pocketnas.search_space.genotype import Genotype
+
+    if (args.run is None) == (args.from_string is None):
+        raise PocketNasError("give either a run folder/checkpoint or --from-string TEXT")
+    if args.from_string is not None:
+        genotype = Genotype.from_text(args.from_string)
+    else:
+        genotype = derive_from_path(args.run)
+    if args.out:
+        atomic_write_text(args.out, genotype.to_json())
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(genotype.to_json())
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from pocketnas.analysis.render import render_genotype
+    from pocketnas.search_space.genotype import load_genotype
+
+    genotype = load_genotype(args.genotype)
+    result = render_genotype(genotype, args.out, formats=tuple(args.format))
+    for path in result.files:
+        print(path)
+    if result.hint:
+        print(result.hint, file=sys.stderr)
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from pocketnas.config import RetrainConfig, load_preset, override
+    from pocketnas.retrain.train import run_retrain
+    from pocketnas.search_space.genotype import load_genotype
+
+    genotype = load_genotype(args.genotype)
+    config = load_preset(RetrainConfig, args.preset or "pocketnet-s128")
+    config = override(
+        config,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        steps_per_epoch=args.steps_per_epoch,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    result = run_retrain(
+        config,
+        genotype,
+        args.data,
+        args.out,
+        verification_bins=args.bin,
+        resume=args.resume,
+        show_progress=not args.quiet,
+    )
+    print(f"checkpoint: {result.checkpoint}")
+    for key, value in result.metrics.items():
+        if key.endswith("_accuracy"):
+            print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pocketnas.config import RetrainConfig, load_preset
+    from pocketnas.evaluation.evaluate import evaluate_checkpoint
+    from pocketnas.search_space.genotype import load_genotype
+
+    config = load_preset(RetrainConfig, args.preset) if args.preset else None
+    genotype = load_genotype(args.genotype) if args.genotype else None
+    results = evaluate_checkpoint(args.checkpoint, args.bin, config, genotype)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"{'set':<20} {'pairs':>6} {'accuracy':>10} {'std':>8} {'VAL@1e-3':>9}")
+    for name, row in results["sets"].items():
+        print(
+            f"{name:<20} {row['pairs']:>6} {row['accuracy']:>10.4f} {row['accuracy_std']:>8.4f} "
+            f"{row['val_at_far_1e-3']:>9.4f}"
+        )
+    return 0
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from pocketnas.config import RetrainConfig, load_preset, override
+    from pocketnas.retrain.train import build_network, network_spec
+    from pocketnas.search_space.genotype import load_genotype
+    from pocketnas.search_space.published import POCKETNET_GENOTYPE
+    from pocketnas.tools.flops import count_complexity
+
+    if args.preset is None and None in (args.channels, args.layers, args.embedding):
+        raise PocketNasError("give --preset, or --channels, --layers and --embedding")
+    config = load_preset(RetrainConfig, args.preset) if args.preset else RetrainConfig()
+    config = override(
+        config,
+        channels=args.channels,
+        layers=args.layers,
+        embedding_size=args.embedding,
+        image_size=args.image_size,
+    )
+    config.validate()
+    genotype = load_genotype(args.genotype) if args.genotype else POCKETNET_GENOTYPE
+    model = build_network(network_spec(genotype, config))
+    complexity = count_complexity(model, config.image_size)
+    result: dict[str, Any] = {
+        "params": complexity.params,
+        "mflops": round(complexity.mflops, 2),
+        "flops": complexity.flops,
+        "channels": config.channels,
+        "layers": config.layers,
+        "embedding_size": config.embedding_size,
+        "image_size": config.image_size,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"params: {complexity.params:,}")
+        print(f"MFLOPs: {complexity.mflops:.2f}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The last meaningful line of an error, without a re-raised worker traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and "Traceback" in str(exc):
+        last = lines[-1]
+        prefix, sep, rest = last.partition(": ")
+        return rest if sep and "Error" in prefix else last
+    return lines[0]
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except PocketNasError as exc:
+        print(f"pocketnas: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as exc:
+        # DataLoader workers re-raise a user-input error as RuntimeError with its traceback.
+        if "pocketnas.errors" in str(exc) or "DataError" in str(exc):
+            print(f"pocketnas: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+    except KeyboardInterrupt:
+        print("pocketnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

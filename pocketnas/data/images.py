@@ -1,0 +1,83 @@
+"""Image decoding and encoding for record payloads and verification pairs.
+
+Decoding always returns RGB, which is what arcface_torch trains on: it decodes with
+`mx.image.imdecode`, whose default is RGB. OpenCV's `cv2.imdecode` would return BGR and silently
+swap the channels. Pillow is used because it decodes the insightface JPEGs to the same pixels as
+MXNet (both use libjpeg-turbo) and needs no extra dependency.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pocketnas.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def decode_image(
+    data: bytes, path: str | os.PathLike[str] = "<memory>", key: int | str | None = None
+) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ...) into a writable HWC uint8 RGB array.
+
+    Grayscale, palette, CMYK and alpha images are converted to 3-channel RGB. `path` and `key`
+    name the source in the error message: an int key is a record key, a string is used as is
+    (for example "image 7").
+
+    Raises:
+        DataError: the bytes are empty, not an image, or a damaged image.
+    """
+    if key is None:
+        where = "the data"
+    elif isinstance(key, str):
+        where = key
+    else:
+        where = f"the payload of record key {key}"
+    if not data:
+        raise DataError(path, f"{where} is empty, not an image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(path, f"{where} is not a readable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"{where} is too large to decode ({exc})") from exc
+    return np.array(rgb, dtype=np.uint8)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an HWC uint8 RGB array as a baseline JPEG.
+
+    Quality 95 is what insightface's packing tools use.
+
+    Raises:
+        ValueError: the array is not HxWx3 uint8 or the quality is outside 1..100.
+    """
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(
+            f"expected an HxWx3 uint8 RGB array, got shape {array.shape} and dtype {array.dtype}"
+        )
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be within 1..100, got {quality}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HWC uint8 RGB array to `size` = (height, width) with bilinear filtering.
+
+    Returns the input unchanged when it already has that size.
+    """
+    height, width = size
+    if rgb.shape[0] == height and rgb.shape[1] == width:
+        return rgb
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    return np.array(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)

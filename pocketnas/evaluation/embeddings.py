@@ -1,0 +1,46 @@
+"""Verification of a network on insightface `.bin` pair sets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from pocketnas.data.dataset import load_verification_images
+from pocketnas.evaluation.verification import (
+    VerificationResult,
+    embed_images,
+    evaluate_verification,
+)
+
+
+@dataclass(frozen=True)
+class VerificationSet:
+    """Decoded images and same/different labels of one `.bin` file."""
+
+    name: str
+    path: Path
+    images: np.ndarray  # (2N, H, W, 3) uint8 RGB
+    issame: np.ndarray  # (N,) bool
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], image_size: int | None = None) -> VerificationSet:
+        size = None if image_size is None else (image_size, image_size)
+        images, issame = load_verification_images(path, size)
+        target = Path(path)
+        return cls(name=target.stem, path=target, images=images, issame=issame)
+
+
+def verify(
+    model: nn.Module, verification_set: VerificationSet, batch_size: int = 64
+) -> VerificationResult:
+    """10-fold verification of `model` on one set, with flipped-image embeddings summed."""
+    was_training = model.training
+    try:
+        embeddings = embed_images(model, verification_set.images, batch_size=batch_size, flip=True)
+    finally:
+        model.train(was_training)
+    return evaluate_verification(embeddings, verification_set.issame)

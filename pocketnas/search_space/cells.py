@@ -1,0 +1,125 @@
+"""Cells of the face search space: the searched (mixed) cell and the fixed cell of a genotype.
+
+Both cells share the DARTS structure: two preprocessed inputs (the outputs of the cells two steps
+back and one step back), `nodes` intermediate nodes that each sum edges from earlier inputs, and an
+output that concatenates intermediate nodes along channels. A reduction cell applies stride 2 on
+the edges that read the two cell inputs.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+from pocketnas.search_space.genotype import CellSpec
+from pocketnas.search_space.operations import (
+    FactorizedReduce,
+    ReLUConvBN,
+    build_operation,
+)
+
+
+def _preprocess(c_prev_prev: int, c_prev: int, channels: int, reduction_prev: bool, affine: bool):
+    # After a reduction cell, input k-2 has twice the resolution of input k-1.
+    if reduction_prev:
+        preproc0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine)
+    else:
+        preproc0 = ReLUConvBN(c_prev_prev, channels, affine)
+    preproc1 = ReLUConvBN(c_prev, channels, affine)
+    return preproc0, preproc1
+
+
+class MixedOp(nn.Module):
+    """Every candidate operation on one edge, mixed by softmaxed architecture weights."""
+
+    def __init__(self, channels: int, stride: int, primitives: tuple[str, ...]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(
+            build_operation(name, channels, stride, affine=False) for name in primitives
+        )
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((), dtype=x.dtype, device=x.device)
+        for w, op in zip(weights, self.ops, strict=True):
+            out = out + w * op(x)
+        return out
+
+
+class SearchCell(nn.Module):
+    """A DARTS cell whose every edge is a `MixedOp`."""
+
+    def __init__(
+        self,
+        nodes: int,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.preproc0, self.preproc1 = _preprocess(
+            c_prev_prev, c_prev, channels, reduction_prev, affine=False
+        )
+        self.dag = nn.ModuleList()
+        for node in range(nodes):
+            edges = nn.ModuleList()
+            for source in range(node + 2):
+                stride = 2 if reduction and source < 2 else 1
+                edges.append(MixedOp(channels, stride, primitives))
+            self.dag.append(edges)
+        self.out_channels = channels * nodes
+
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Run the cell; `weights[i]` holds the softmaxed weights of node i, (i + 2, ops)."""
+        states = [self.preproc0(s0), self.preproc1(s1)]
+        for node_edges, node_weights in zip(self.dag, weights, strict=True):
+            edges = cast(nn.ModuleList, node_edges)
+            # Node i reads the i + 2 states that exist before it.
+            node = sum(edges[j](states[j], node_weights[j]) for j in range(len(edges)))
+            states.append(node)
+        return torch.cat(states[2:], dim=1)
+
+
+class FixedCell(nn.Module):
+    """The cell that a genotype describes, with affine BatchNorm, for retraining."""
+
+    def __init__(
+        self,
+        cell: CellSpec,
+        concat: tuple[int, ...],
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.preproc0, self.preproc1 = _preprocess(
+            c_prev_prev, c_prev, channels, reduction_prev, affine=True
+        )
+        self.sources = [[source for _, source in node] for node in cell]
+        self.dag = nn.ModuleList()
+        for node in cell:
+            edges = nn.ModuleList()
+            for op_name, source in node:
+                stride = 2 if reduction and source < 2 else 1
+                edges.append(build_operation(op_name, channels, stride, affine=True))
+            self.dag.append(edges)
+        self.concat = list(concat)
+        self.out_channels = channels * len(self.concat)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = [self.preproc0(s0), self.preproc1(s1)]
+        for node_edges, sources in zip(self.dag, self.sources, strict=True):
+            edges = cast(nn.ModuleList, node_edges)
+            states.append(sum(edges[j](states[s]) for j, s in enumerate(sources)))
+        return torch.cat([states[i] for i in self.concat], dim=1)

@@ -1,0 +1,143 @@
+"""DARTS architecture updates, first and second order (Liu et al., 2019, "DARTS").
+
+The architecture weights alpha minimise the validation loss L_val(w*(alpha), alpha), where w* are
+the network weights trained on the training loss. First order takes w* = w. Second order unrolls
+one SGD step, w' = w - xi * dL_train/dw, and uses
+
+    dL_val(w', alpha)/dalpha - xi * d2L_train(w, alpha)/(dalpha dw) . dL_val(w', alpha)/dw'
+
+where the Hessian-vector product is a central finite difference with w+- = w +- eps * dL_val/dw'
+and eps = 0.01 / ||dL_val/dw'|| (DARTS, equation 7 and section 2.3).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from pocketnas.search_space.networks import SearchNetwork
+
+
+class Architect:
+    """Computes and applies architecture-weight gradients for a `SearchNetwork`."""
+
+    def __init__(
+        self,
+        model: SearchNetwork,
+        optimizer: torch.optim.Optimizer,
+        order: str = "first",
+        w_momentum: float = 0.9,
+        w_weight_decay: float = 3e-4,
+        hessian_step: float = 0.01,
+    ) -> None:
+        if order not in ("first", "second"):
+            raise ValueError(f"order must be 'first' or 'second', got {order!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.order = order
+        self.w_momentum = w_momentum
+        self.w_weight_decay = w_weight_decay
+        # Finite-difference step of the Hessian-vector product, divided by the vector's norm.
+        self.hessian_step = hessian_step
+        self._virtual: SearchNetwork | None = None
+
+    def step(
+        self,
+        train_batch: tuple[torch.Tensor, torch.Tensor],
+        val_batch: tuple[torch.Tensor, torch.Tensor],
+        xi: float,
+        w_optimizer: torch.optim.Optimizer | None = None,
+    ) -> float:
+        """Update the architecture weights once; return the validation loss before the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.order == "first":
+            images, labels = val_batch
+            loss = F.cross_entropy(self.model(images), labels)
+            alpha_grads = list(torch.autograd.grad(loss, self.model.alphas()))
+        else:
+            loss, alpha_grads = self.unrolled_gradient(train_batch, val_batch, xi, w_optimizer)
+        for alpha, grad in zip(self.model.alphas(), alpha_grads, strict=True):
+            alpha.grad = grad.detach().clone()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def unrolled_gradient(
+        self,
+        train_batch: tuple[torch.Tensor, torch.Tensor],
+        val_batch: tuple[torch.Tensor, torch.Tensor],
+        xi: float,
+        w_optimizer: torch.optim.Optimizer | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Second-order architecture gradient (see the module docstring)."""
+        model = self.model
+        virtual = self._virtual_model()
+        weights = model.weights()
+
+        # One virtual SGD step with momentum and weight decay, as the weight optimiser would take.
+        train_images, train_labels = train_batch
+        loss = F.cross_entropy(model(train_images), train_labels)
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            for w, vw, g in zip(weights, virtual.weights(), grads, strict=True):
+                momentum = 0.0
+                if w_optimizer is not None:
+                    buffer = w_optimizer.state.get(w, {}).get("momentum_buffer")
+                    if buffer is not None:
+                        momentum = buffer * self.w_momentum
+                vw.copy_(w - xi * (momentum + g + self.w_weight_decay * w))
+            for a, va in zip(model.alphas(), virtual.alphas(), strict=True):
+                va.copy_(a)
+
+        val_images, val_labels = val_batch
+        val_loss = F.cross_entropy(virtual(val_images), val_labels)
+        virtual_weights = virtual.weights()
+        grads_all = torch.autograd.grad(val_loss, virtual.alphas() + virtual_weights)
+        n_alphas = len(model.alphas())
+        d_alpha = list(grads_all[:n_alphas])
+        d_weights = list(grads_all[n_alphas:])
+
+        hessian = self.hessian_vector_product(d_weights, train_batch)
+        with torch.no_grad():
+            result = [da - xi * h for da, h in zip(d_alpha, hessian, strict=True)]
+        return val_loss, result
+
+    def hessian_vector_product(
+        self, vector: list[torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """d2L_train/(dalpha dw) . vector, by central differences around the current weights."""
+        model = self.model
+        weights = model.weights()
+        norm = torch.cat([v.reshape(-1) for v in vector]).norm()
+        eps = self.hessian_step / float(norm) if float(norm) > 0 else 0.0
+        images, labels = train_batch
+
+        def alpha_grad() -> tuple[torch.Tensor, ...]:
+            loss = F.cross_entropy(model(images), labels)
+            return torch.autograd.grad(loss, model.alphas())
+
+        with torch.no_grad():
+            for w, v in zip(weights, vector, strict=True):
+                w.add_(v, alpha=eps)
+        grad_plus = alpha_grad()
+        with torch.no_grad():
+            for w, v in zip(weights, vector, strict=True):
+                w.sub_(v, alpha=2 * eps)
+        grad_minus = alpha_grad()
+        with torch.no_grad():
+            for w, v in zip(weights, vector, strict=True):
+                w.add_(v, alpha=eps)
+        if eps == 0.0:
+            return [torch.zeros_like(g) for g in grad_plus]
+        return [(p - m) / (2 * eps) for p, m in zip(grad_plus, grad_minus, strict=True)]
+
+    def _virtual_model(self) -> SearchNetwork:
+        if self._virtual is None:
+            self._virtual = copy.deepcopy(self.model)
+        # BatchNorm statistics are buffers: the virtual step must see the same ones.
+        with torch.no_grad():
+            for vb, b in zip(self._virtual.buffers(), self.model.buffers(), strict=True):
+                vb.copy_(b)
+        self._virtual.train(self.model.training)
+        return self._virtual

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up pocketnas on a fresh Debian/Ubuntu machine with Python 3.10+ and no GPU:
+# graphviz's `dot` program (when missing), a virtual environment in .venv, pinned dependencies
+# (the CPU build of PyTorch) and pocketnas itself in editable mode.
+#
+#   bash scripts/setup.sh         runtime dependencies
+#   bash scripts/setup.sh --dev   also the test and lint tools
+#
+# Safe to run again: each step is skipped when it is already done.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "setup.sh: unknown option $arg (valid: --dev)" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v dot >/dev/null 2>&1; then
+  echo "setup.sh: installing graphviz (the dot program) with apt-get"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq graphviz >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+
+requirements=requirements.txt
+[ "$dev" -eq 1 ] && requirements=requirements-dev.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+echo "setup.sh: ready; run .venv/bin/pocketnas --help"

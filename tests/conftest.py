@@ -1,0 +1,34 @@
+"""Shared test fixtures: paths to the bundled reference data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def mxnet_rec_dir() -> Path:
+    """insightface-layout files written by the real MXNet 1.9.1 library."""
+    return FIXTURES / "mxnet_rec"
+
+
+@pytest.fixture(scope="session")
+def published() -> dict[str, Any]:
+    """PocketNet's published genotype, parameter counts, MFLOPs and state-dict shapes."""
+    return json.loads((FIXTURES / "reference" / "pocketnet_published.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)

@@ -1,0 +1,130 @@
+"""torch datasets over the RecordIO fixtures and verification pairs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pocketnas.data.dataset import FaceRecordDataset, load_verification_images
+from pocketnas.data.images import encode_jpeg
+from pocketnas.data.recordio import FaceRecordSet
+from pocketnas.data.verification_bin import write_verification_bin
+from pocketnas.errors import DataError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mxnet_rec"
+
+
+def expected_tensor(record_set: FaceRecordSet, index: int) -> torch.Tensor:
+    rgb = record_set.read_image(index).astype(np.float32)
+    return torch.from_numpy(rgb / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def test_eval_items_are_normalised_rgb() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False)
+    assert len(dataset) == 30
+    assert dataset.num_classes == 6
+    assert dataset.image_size == (112, 112)
+
+    image, label = dataset[7]
+
+    assert image.shape == (3, 112, 112)
+    assert image.dtype == torch.float32
+    assert label.dtype == torch.int64
+    assert label.item() == 1
+    assert image.min() >= -1.0
+    assert image.max() <= 1.0
+    torch.testing.assert_close(image, expected_tensor(dataset.record_set, 7))
+    # The red canary square sits top-left in channel order R, G, B.
+    assert image[0, 3:13, 3:13].mean() > 0.9
+    assert image[2, 3:13, 3:13].mean() < -0.9
+
+
+def test_train_flip_follows_torch_seed() -> None:
+    dataset = FaceRecordDataset(FIXTURES / "no_header", train=True)
+    torch.manual_seed(123)
+    expected_flips = [torch.rand(1).item() < 0.5 for _ in range(len(dataset))]
+    assert any(expected_flips)
+    assert not all(expected_flips)
+
+    torch.manual_seed(123)
+    for index, flipped in enumerate(expected_flips):
+        image, _ = dataset[index]
+        plain = expected_tensor(dataset.record_set, index)
+        expected = torch.flip(plain, dims=(2,)) if flipped else plain
+        torch.testing.assert_close(image, expected, msg=f"index {index}")
+
+
+def test_flipped_canary_moves_right() -> None:
+    dataset = FaceRecordDataset(FIXTURES / "magic_split", train=True)
+    torch.manual_seed(0)
+    images = [dataset[0][0] for _ in range(16)]
+    flipped = [image for image in images if image[0, 3:13, -13:-3].mean() > 0.9]
+    assert 0 < len(flipped) < len(images)
+
+
+def test_dataloader_with_forked_workers() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False)
+    dataset[0]  # opens the file in this process before the workers fork
+    loader = DataLoader(
+        dataset, batch_size=8, num_workers=2, multiprocessing_context="fork", shuffle=False
+    )
+    labels = torch.cat([batch_labels for _, batch_labels in loader])
+    assert labels.tolist() == dataset.record_set.labels.tolist()
+
+
+def test_dataset_pickles() -> None:
+    dataset = FaceRecordDataset(FIXTURES / "label_array", train=False)
+    dataset[3]
+    clone = pickle.loads(pickle.dumps(dataset))
+    torch.testing.assert_close(clone[3][0], dataset[3][0])
+    assert clone[3][1] == dataset[3][1]
+
+
+def test_verification_images_match_manifest() -> None:
+    manifest = json.loads((FIXTURES / "manifest.json").read_text())
+    expected = next(entry for entry in manifest["bins"] if entry["file"] == "tiny_pairs.bin")
+
+    images, issame = load_verification_images(FIXTURES / "tiny_pairs.bin")
+
+    assert images.shape == (80, 112, 112, 3)
+    assert images.dtype == np.uint8
+    assert issame.tolist() == expected["issame"]
+    means = images.reshape(80, -1, 3).mean(axis=1)
+    corners = images[:, 3:13, 3:13].reshape(80, -1, 3).mean(axis=1)
+    np.testing.assert_allclose(
+        means, [image["decoded_mean_rgb"] for image in expected["images"]], atol=1.5
+    )
+    np.testing.assert_allclose(
+        corners, [image["decoded_corner_mean_rgb"] for image in expected["images"]], atol=1.5
+    )
+
+
+def test_verification_images_resize() -> None:
+    images, issame = load_verification_images(FIXTURES / "tiny_pairs_ndarray.bin", (56, 48))
+    assert images.shape == (8, 56, 48, 3)
+    assert issame.tolist() == [True] * 4
+
+
+def test_verification_images_of_mixed_size(tmp_path: Path) -> None:
+    small = encode_jpeg(np.zeros((8, 8, 3), dtype=np.uint8))
+    large = encode_jpeg(np.zeros((16, 16, 3), dtype=np.uint8))
+    path = tmp_path / "mixed.bin"
+    write_verification_bin(path, [small, large], [False])
+
+    with pytest.raises(DataError, match=r"mixed\.bin: image 1 is 16x16 but image 0 is 8x8"):
+        load_verification_images(path)
+    images, _ = load_verification_images(path, image_size=(8, 8))
+    assert images.shape == (2, 8, 8, 3)
+
+
+def test_verification_image_not_decodable(tmp_path: Path) -> None:
+    path = tmp_path / "broken.bin"
+    write_verification_bin(path, [encode_jpeg(np.zeros((8, 8, 3), np.uint8)), b"garbage"], [True])
+    with pytest.raises(DataError, match=r"broken\.bin: image 1 is not a readable image"):
+        load_verification_images(path)
