@@ -168,6 +168,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key}: {value}")
+    damaged = info.get("first_damaged_record")
+    if damaged:
+        source = info.get("rec", args.path)
+        raise PocketNasError(
+            f"{source}: {info['damaged_records']} damaged record(s); first: {damaged['problem']}"
+        )
     return 0
 
 

@@ -44,7 +44,10 @@ def decode_image(
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's message names an in-memory buffer, which means nothing to the user.
+        raise DataError(path, f"{where} is not a readable image (unknown image format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"{where} is not a readable image ({exc})") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(path, f"{where} is too large to decode ({exc})") from exc

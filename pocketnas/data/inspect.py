@@ -127,7 +127,7 @@ def _inspect_record_set(folder: Path, name: str, check_records: bool) -> dict[st
             damaged += 1
             if first_damage is None:
                 first_damage = {"key": key, "offset": reader.offset(key), "problem": exc.problem}
-                logger.warning("damaged record in %s: %s", reader.rec_path, exc.problem)
+                logger.debug("damaged record in %s: %s", reader.rec_path, exc.problem)
         if position % _PROGRESS_EVERY == 0:
             logger.info("checked %d of %d records of %s", position, len(reader.keys), folder)
     summary["damaged_records"] = damaged

@@ -580,7 +580,7 @@ class FaceRecordSet:
         if not self.image_keys:
             raise DataError(rec_path, "the set contains no images")
         self.labels, self.label_form = self._read_labels()
-        logger.info(
+        logger.debug(
             "opened %s: %d images, %d identities, layout %s, %s labels",
             rec_path,
             len(self.image_keys),
@@ -758,5 +758,5 @@ def write_face_record_set(
         writer.write(0, pack_record([first_identity, first_identity + num_classes], b"", id=0))
 
     write_property(target / PROPERTY_NAME, num_classes, image_size[0], image_size[1])
-    logger.info("wrote %d images of %d identities to %s", count, num_classes, target)
+    logger.debug("wrote %d images of %d identities to %s", count, num_classes, target)
     return count

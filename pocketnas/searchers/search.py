@@ -133,6 +133,12 @@ def _search(
     on_epoch_end: EpochCallback | None,
 ) -> SearchResult:
     seed_everything(config.seed)
+    logger.info(
+        "searching on %d images of %d identities from %s",
+        len(labels),
+        num_classes,
+        dataset.record_set.folder,
+    )
     weight_idx, arch_idx = stratified_halves(labels, config.seed)
     if len(arch_idx) == 0:
         raise PocketNasError(
