@@ -143,7 +143,7 @@ def _retrain(
     spec = network_spec(genotype, config)
     model = build_network(spec)
     # Channels-last is faster for depthwise convolutions on CPUs and GPUs alike.
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     head = ArcFace(
         config.embedding_size, int(dataset.num_classes), config.margin_s, config.margin_m
     )

@@ -39,10 +39,8 @@ def copied_set(tmp_path: Path, mxnet_rec_dir: Path) -> Path:
 
 
 def _search_args(data: Path, out: Path) -> list[str]:
-    return ["-q", "search", "--data", str(data), "--out", str(out)] + [
-        "--preset",
-        str(PRESETS / "tiny-search.yaml"),
-    ]
+    preset = str(PRESETS / "tiny-search.yaml")
+    return ["-q", "search", "--data", str(data), "--out", str(out), "--preset", preset]
 
 
 def test_missing_data_folder(tmp_path, capsys):
@@ -86,7 +84,7 @@ def test_truncated_rec(copied_set, tmp_path, capsys):
 
 
 def test_non_image_payload_in_worker(tmp_path, capsys):
-    """A record that is not an image fails inside a DataLoader worker and still reads as one line."""
+    """A non-image record fails inside a DataLoader worker and still reads as one line."""
     folder = tmp_path / "set"
     folder.mkdir()
     samples = [(label, b"definitely not a jpeg") for label in (0, 0, 1, 1)]
