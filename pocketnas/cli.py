@@ -323,7 +323,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The last meaningful line of an error, without a re-raised worker traceback."""
+    """Return the last meaningful line of an error, without a re-raised worker traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
@@ -335,7 +335,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)

@@ -101,6 +101,7 @@ class SynthConfig:
     pairs: int = 1200  # verification pairs of identities not in the training set
     image_size: int = 112
     seed: int = 0
+    workers: int = 2  # drawing processes; the files are identical for any count
 
 
 @dataclass

@@ -40,7 +40,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class RetrainResult:
-    """What a finished retraining leaves behind."""
+    """Paths and final metrics of a finished retraining."""
 
     run_dir: Path
     checkpoint: Path
@@ -49,7 +49,7 @@ class RetrainResult:
 
 
 def network_spec(genotype: Genotype, config: RetrainConfig) -> dict[str, Any]:
-    """The facts needed to rebuild the network of a checkpoint."""
+    """Return the settings needed to rebuild the network of a checkpoint."""
     return {
         "genotype": genotype.to_dict(),
         "channels": config.channels,

@@ -46,7 +46,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What a finished search leaves behind."""
+    """Genotype, run folder and final accuracy of a finished search."""
 
     genotype: Genotype
     run_dir: Path

@@ -1,4 +1,4 @@
-"""Every command answers bad input with one line naming the file, exit status 2, no traceback."""
+"""Every command reports bad input in one line naming the file, exit status 2, no traceback."""
 
 from __future__ import annotations
 
