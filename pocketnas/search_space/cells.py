@@ -17,6 +17,7 @@ from pocketnas.search_space.genotype import CellSpec
 from pocketnas.search_space.operations import (
     FactorizedReduce,
     ReLUConvBN,
+    Zero,
     build_operation,
 )
 
@@ -43,7 +44,9 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros((), dtype=x.dtype, device=x.device)
         for w, op in zip(weights, self.ops, strict=True):
-            out = out + w * op(x)
+            # `none` adds w * 0: skipping it changes neither the output nor any gradient.
+            if not isinstance(op, Zero):
+                out = out + w * op(x)
         return out
 
 
