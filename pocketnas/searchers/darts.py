@@ -49,19 +49,27 @@ class Architect:
         val_batch: tuple[torch.Tensor, torch.Tensor],
         xi: float,
         w_optimizer: torch.optim.Optimizer | None = None,
-    ) -> float:
-        """Update the architecture weights once; return the validation loss before the update."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the architecture weights once.
+
+        Returns:
+            The validation loss and logits that the update was computed from (at the current
+            weights for first order, at the unrolled weights for second order), detached.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if self.order == "first":
             images, labels = val_batch
-            loss = F.cross_entropy(self.model(images), labels)
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
             alpha_grads = list(torch.autograd.grad(loss, self.model.alphas()))
         else:
-            loss, alpha_grads = self.unrolled_gradient(train_batch, val_batch, xi, w_optimizer)
+            loss, logits, alpha_grads = self.unrolled_gradient(
+                train_batch, val_batch, xi, w_optimizer
+            )
         for alpha, grad in zip(self.model.alphas(), alpha_grads, strict=True):
             alpha.grad = grad.detach().clone()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach(), logits.detach()
 
     def unrolled_gradient(
         self,
@@ -69,7 +77,7 @@ class Architect:
         val_batch: tuple[torch.Tensor, torch.Tensor],
         xi: float,
         w_optimizer: torch.optim.Optimizer | None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Second-order architecture gradient (see the module docstring)."""
         model = self.model
         virtual = self._virtual_model()
@@ -91,7 +99,8 @@ class Architect:
                 va.copy_(a)
 
         val_images, val_labels = val_batch
-        val_loss = F.cross_entropy(virtual(val_images), val_labels)
+        val_logits = virtual(val_images)
+        val_loss = F.cross_entropy(val_logits, val_labels)
         virtual_weights = virtual.weights()
         grads_all = torch.autograd.grad(val_loss, virtual.alphas() + virtual_weights)
         n_alphas = len(model.alphas())
@@ -101,7 +110,7 @@ class Architect:
         hessian = self.hessian_vector_product(d_weights, train_batch)
         with torch.no_grad():
             result = [da - xi * h for da, h in zip(d_alpha, hessian, strict=True)]
-        return val_loss, result
+        return val_loss, val_logits, result
 
     def hessian_vector_product(
         self, vector: list[torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor]

@@ -227,7 +227,10 @@ def _search(
             train_batch = (resize_batch(train_batch[0], config.image_size), train_batch[1])
             val_batch = (resize_batch(val_batch[0], config.image_size), val_batch[1])
 
-            architect.step(train_batch, val_batch, xi=lr, w_optimizer=w_optimizer)
+            # The validation metrics come from the architecture step's own forward pass.
+            val_loss, val_logits = architect.step(
+                train_batch, val_batch, xi=lr, w_optimizer=w_optimizer
+            )
 
             images, targets = train_batch
             w_optimizer.zero_grad(set_to_none=True)
@@ -237,9 +240,6 @@ def _search(
             torch.nn.utils.clip_grad_norm_(model.weights(), config.grad_clip)
             w_optimizer.step()
 
-            with torch.no_grad():
-                val_logits = model(val_batch[0])
-                val_loss = F.cross_entropy(val_logits, val_batch[1])
             n = len(targets)
             totals["train_loss"] += float(loss.detach()) * n
             totals["train_correct"] += int((logits.argmax(1) == targets).sum())

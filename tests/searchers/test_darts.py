@@ -58,7 +58,7 @@ def test_second_order_gradient_matches_finite_differences():
     architect = Architect(
         net, torch.optim.Adam(net.alphas(), lr=1e-3), "second", 0.0, 0.0, hessian_step=1e-4
     )
-    _, grads = architect.unrolled_gradient(train, val, xi, None)
+    _, _, grads = architect.unrolled_gradient(train, val, xi, None)
 
     def unrolled_val_loss(alpha_normal: torch.Tensor) -> float:
         probe = copy.deepcopy(net)
