@@ -10,7 +10,9 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +36,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     """Open a temporary file that replaces `path` only when the block ends without an error."""
     target = ensure_parent(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -80,7 +86,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     if not target.is_file():
         raise CheckpointError(f"{target}: checkpoint not found")
     try:
-        return torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or unsafe files
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols before failing; the error says enough.
+            warnings.simplefilter("ignore")
+            return torch.load(target, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{target}: not a PyTorch checkpoint of tensors and plain containers "
+            "(pocketnas loads checkpoints with weights_only=True, so other objects are rejected)"
+        ) from None
+    except Exception as exc:  # torch raises many types for damaged files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{target}: not a readable checkpoint ({first_line})") from exc
+        raise CheckpointError(f"{target}: not a readable checkpoint ({first_line})") from None

@@ -42,3 +42,25 @@ def test_checkpoint_with_code_is_rejected(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_written_files_follow_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "report.md"
+        atomic_write_text(target, "shared")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_pickle_that_is_not_a_checkpoint(tmp_path):
+    import pickle
+
+    path = tmp_path / "pairs.bin"
+    path.write_bytes(pickle.dumps(([b"jpeg"], [True]), protocol=4))
+    with pytest.raises(CheckpointError, match="weights_only=True") as info:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value)

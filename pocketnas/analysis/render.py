@@ -153,11 +153,11 @@ def render_genotype(
         path = folder / f"{prefix}{cell}.dot"
         atomic_write_text(path, text)
         dot_files.append(path)
-    logger.info("wrote %s", ", ".join(str(path) for path in dot_files))
+    logger.debug("wrote %s", ", ".join(str(path) for path in dot_files))
 
     dot_program = shutil.which("dot")
     if dot_program is None:
-        logger.info("graphviz's dot program is not on PATH; wrote the DOT files only")
+        logger.debug("graphviz's dot program is not on PATH; wrote the DOT files only")
         return RenderResult(tuple(dot_files), (), graphviz_missing=True, hint=GRAPHVIZ_MISSING_HINT)
 
     image_files = []
@@ -167,7 +167,7 @@ def render_genotype(
             atomic_write_bytes(path, _run_dot(dot_program, text, image_format, path))
             image_files.append(path)
     if image_files:
-        logger.info("wrote %s", ", ".join(str(path) for path in image_files))
+        logger.debug("wrote %s", ", ".join(str(path) for path in image_files))
     return RenderResult(tuple(dot_files), tuple(image_files), graphviz_missing=False, hint=None)
 
 
