@@ -20,19 +20,35 @@ logger = logging.getLogger("pocketnas")
 EXIT_USER_ERROR = 2
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by search and retrain; each overrides the preset's value when given."""
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="images per batch (per data half in a search)")
+    p.add_argument("--image-size", type=int, help="side of the network input in pixels")
+    p.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "steps_per_epoch": args.steps_per_epoch,
+        "workers": args.workers,
+        "seed": args.seed,
+    }
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="DARTS search of a cell genotype on face data")
     p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", help="search preset name or YAML file (default: pocketnet-search)")
     p.add_argument("--order", choices=["first", "second"], help="architecture gradient order")
-    p.add_argument("--epochs", type=int, help="number of search epochs")
-    p.add_argument("--batch-size", type=int, help="images per batch in each data half")
-    p.add_argument("--image-size", type=int, help="side of the network input in pixels")
-    p.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_search)
 
 
@@ -43,13 +59,7 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", help="retraining preset name or YAML file (default: pocketnet-s128)")
     p.add_argument("--bin", nargs="*", default=[], help="verification .bin files for each epoch")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="images per batch")
-    p.add_argument("--image-size", type=int, help="side of the network input in pixels")
-    p.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_retrain)
 
 
@@ -182,16 +192,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from pocketnas.searchers.search import run_search
 
     config = load_preset(SearchConfig, args.preset or "pocketnet-search")
-    config = override(
-        config,
-        order=args.order,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        steps_per_epoch=args.steps_per_epoch,
-        workers=args.workers,
-        seed=args.seed,
-    )
+    config = override(config, order=args.order, **_run_overrides(args))
     result = run_search(
         config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
     )
@@ -239,15 +240,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     genotype = load_genotype(args.genotype)
     config = load_preset(RetrainConfig, args.preset or "pocketnet-s128")
-    config = override(
-        config,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        steps_per_epoch=args.steps_per_epoch,
-        workers=args.workers,
-        seed=args.seed,
-    )
+    config = override(config, **_run_overrides(args))
     result = run_retrain(
         config,
         genotype,

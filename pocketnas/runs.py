@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from pocketnas.errors import PocketNasError
 from pocketnas.fileio import atomic_write_text
@@ -139,6 +140,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
+
+
+def training_loader(dataset: Any, batch_size: int, workers: int, seed: int) -> DataLoader:
+    """Shuffle with a seeded generator and drop the last partial batch (BatchNorm needs > 1)."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pocketnas.config import RetrainConfig, save_config, to_dict
@@ -29,7 +28,14 @@ from pocketnas.errors import CheckpointError, PocketNasError
 from pocketnas.evaluation.embeddings import VerificationSet, verify
 from pocketnas.fileio import atomic_torch_save, load_checkpoint
 from pocketnas.retrain.heads import ArcFace
-from pocketnas.runs import RunFolder, resize_batch, rng_state, seed_everything, set_rng_state
+from pocketnas.runs import (
+    RunFolder,
+    resize_batch,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    training_loader,
+)
 from pocketnas.search_space.genotype import Genotype
 from pocketnas.search_space.networks import FaceNetwork
 
@@ -125,17 +131,7 @@ def _retrain(
         dataset.num_classes,
         dataset.record_set.folder,
     )
-    generator = torch.Generator()
-    generator.manual_seed(config.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=min(config.batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=config.workers,
-        generator=generator,
-        persistent_workers=config.workers > 0,
-    )
+    loader = training_loader(dataset, config.batch_size, config.workers, config.seed)
     steps = len(loader)
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)

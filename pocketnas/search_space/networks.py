@@ -8,6 +8,8 @@ embedding (and, for the supernet, class logits of its linear classifier).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,36 @@ def feature_map_size(image_size: int) -> int:
     for _ in range(4):
         size = (size + 1) // 2
     return size
+
+
+CellBuilder = Callable[[int, int, int, bool, bool], SearchCell | FixedCell]
+"""Builds a cell from (c_prev_prev, c_prev, channels, reduction, reduction_prev)."""
+
+
+def build_cells(
+    layers: int, c_stem: int, channels: int, make_cell: CellBuilder
+) -> tuple[nn.ModuleList, int]:
+    """Stack `layers` cells, doubling the width at each reduction cell.
+
+    Each cell reads the outputs of the two cells before it (the stem's output for the first two),
+    so its input widths are the previous cells' `out_channels`.
+
+    Returns:
+        The cells and the output width of the last one.
+    """
+    reductions = reduction_indices(layers)
+    c_prev_prev, c_prev, c_cur = c_stem, c_stem, channels
+    cells = nn.ModuleList()
+    reduction_prev = False
+    for index in range(layers):
+        reduction = index in reductions
+        if reduction:
+            c_cur *= 2
+        cell = make_cell(c_prev_prev, c_prev, c_cur, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        c_prev_prev, c_prev = c_prev, cell.out_channels
+    return cells, c_prev
 
 
 def make_stem(c_stem: int) -> nn.Sequential:
@@ -80,21 +112,12 @@ class SearchNetwork(nn.Module):
         self.nodes = nodes
         c_stem = stem_multiplier * channels
         self.stem = make_stem(c_stem)
-        reductions = reduction_indices(layers)
-        c_prev_prev, c_prev, c_cur = c_stem, c_stem, channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for index in range(layers):
-            reduction = index in reductions
-            if reduction:
-                c_cur *= 2
-            cell = SearchCell(
-                nodes, c_prev_prev, c_prev, c_cur, reduction, reduction_prev, self.primitives
-            )
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_prev_prev, c_prev = c_prev, cell.out_channels
-        self.tail = make_tail(c_prev, embedding_size, feature_map_size(image_size))
+
+        def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool):
+            return SearchCell(nodes, c_pp, c_p, c, reduction, reduction_prev, self.primitives)
+
+        self.cells, c_last = build_cells(layers, c_stem, channels, make_cell)
+        self.tail = make_tail(c_last, embedding_size, feature_map_size(image_size))
         self.classifier = nn.Linear(embedding_size, num_classes)
 
         edges = sum(i + 2 for i in range(nodes))
@@ -158,24 +181,16 @@ class FaceNetwork(nn.Module):
         self.image_size = image_size
         c_stem = stem_multiplier * channels
         self.stem = make_stem(c_stem)
-        reductions = reduction_indices(layers)
-        c_prev_prev, c_prev, c_cur = c_stem, c_stem, channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for index in range(layers):
-            reduction = index in reductions
+
+        def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool):
             if reduction:
-                c_cur *= 2
-                cell_spec, concat = genotype.reduce, genotype.reduce_concat
+                spec, concat = genotype.reduce, genotype.reduce_concat
             else:
-                cell_spec, concat = genotype.normal, genotype.normal_concat
-            cell = FixedCell(
-                cell_spec, concat, c_prev_prev, c_prev, c_cur, reduction, reduction_prev
-            )
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_prev_prev, c_prev = c_prev, cell.out_channels
-        self.tail = make_tail(c_prev, embedding_size, feature_map_size(image_size))
+                spec, concat = genotype.normal, genotype.normal_concat
+            return FixedCell(spec, concat, c_pp, c_p, c, reduction, reduction_prev)
+
+        self.cells, c_last = build_cells(layers, c_stem, channels, make_cell)
+        self.tail = make_tail(c_last, embedding_size, feature_map_size(image_size))
         self._init_weights()
 
     def _init_weights(self) -> None:

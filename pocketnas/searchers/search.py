@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from pocketnas.config import SearchConfig, save_config, to_dict
@@ -34,7 +34,14 @@ from pocketnas.fileio import (
     atomic_write_text,
     load_checkpoint,
 )
-from pocketnas.runs import RunFolder, resize_batch, rng_state, seed_everything, set_rng_state
+from pocketnas.runs import (
+    RunFolder,
+    resize_batch,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    training_loader,
+)
 from pocketnas.search_space.genotype import Genotype
 from pocketnas.search_space.networks import SearchNetwork
 from pocketnas.searchers.darts import Architect
@@ -65,20 +72,6 @@ def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
         weight_half.append(indices[:cut])
         arch_half.append(indices[cut:])
     return np.sort(np.concatenate(weight_half)), np.sort(np.concatenate(arch_half))
-
-
-def _loader(dataset: Any, batch_size: int, workers: int, seed: int) -> DataLoader:
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )
 
 
 def _alphas_document(model: SearchNetwork, epoch: int) -> dict[str, Any]:
@@ -146,10 +139,10 @@ def _search(
             "half of the stratified split is empty; a search needs two or more images per identity"
         )
     workers = config.workers
-    weight_loader = _loader(
+    weight_loader = training_loader(
         Subset(dataset, weight_idx.tolist()), config.batch_size, workers, config.seed
     )
-    arch_loader = _loader(
+    arch_loader = training_loader(
         Subset(dataset, arch_idx.tolist()), config.batch_size, workers, config.seed + 1
     )
     steps = min(len(weight_loader), len(arch_loader))
