@@ -79,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Load a checkpoint with `weights_only=True`, so that the file can run no code.
 
     Raises:
-        CheckpointError: the file is missing, truncated or holds objects other than tensors and
+        CheckpointError: the file is missing, truncated or contains objects other than tensors and
             plain containers.
     """
     target = Path(path)
@@ -87,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{target}: checkpoint not found")
     try:
         with warnings.catch_warnings():
-            # torch warns about unusual pickle protocols before failing; the error says enough.
+            # torch warns about unusual pickle protocols before failing, and the error covers it.
             warnings.simplefilter("ignore")
             return torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -41,7 +41,7 @@ class RunFolder:
         """Create the folder; return True when an earlier run should be resumed.
 
         Raises:
-            PocketNasError: the parent folder is missing, or the folder already holds a run and
+            PocketNasError: the parent folder is missing, or the folder already contains a run and
                 `resume` is False.
         """
         parent = self.path.parent

@@ -1,7 +1,7 @@
 """Derive a genotype from the architecture weights of a search (DARTS' discretisation rule).
 
 For every intermediate node, each incoming edge is scored by the softmax weight of its strongest
-operation other than `none`; the `edges_per_node` best edges are kept, each with that operation.
+operation other than `none`. The `edges_per_node` best edges are kept, each with that operation.
 This is the rule of DARTS (Liu et al., 2019) that PocketNet uses unchanged.
 """
 

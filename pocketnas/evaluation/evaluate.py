@@ -34,9 +34,9 @@ def load_network(
 ) -> FaceNetwork:
     """Load the embedding network of a checkpoint.
 
-    A pocketnas retraining checkpoint knows its network. A bare state dict (as the PocketNet
-    authors' code saves) needs `config` (a preset) for the width, depth and embedding size, and
-    uses `genotype` or, by default, the published PocketNet genotype.
+    A pocketnas retraining checkpoint stores its network settings. A bare state dict (as the
+    PocketNet authors' code saves) needs `config` (a preset) for the width, depth and embedding
+    size, and uses `genotype` or, by default, the published PocketNet genotype.
 
     Raises:
         CheckpointError: the file is unreadable, is a search checkpoint, or its tensors do not fit.
@@ -60,7 +60,7 @@ def load_network(
         raise CheckpointError(f"{target}: neither a pocketnas checkpoint nor a state dict")
     if config is None:
         raise CheckpointError(
-            f"{target}: a bare state dict does not say which network it holds; pass --preset "
+            f"{target}: a bare state dict does not record its network; pass --preset "
             "(for example pocketnet-s128)"
         )
     model = build_network(network_spec(genotype or POCKETNET_GENOTYPE, config))

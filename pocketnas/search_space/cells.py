@@ -81,7 +81,7 @@ class SearchCell(nn.Module):
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: list[torch.Tensor]
     ) -> torch.Tensor:
-        """Run the cell; `weights[i]` holds the softmaxed weights of node i, (i + 2, ops)."""
+        """Run the cell; `weights[i]` is node i's softmaxed weights, shaped (i + 2, ops)."""
         states = [self.preproc0(s0), self.preproc1(s1)]
         for node_edges, node_weights in zip(self.dag, weights, strict=True):
             edges = cast(nn.ModuleList, node_edges)
