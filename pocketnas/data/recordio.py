@@ -17,8 +17,8 @@ Everything is little-endian, as in every known file (MXNet writes native byte or
 insightface stores a face training set as `train.rec`, `train.idx` and `property` in one folder,
 in one of two layouts:
 
-* "header": key 0 holds the label [A, B] and an empty payload, keys 1..A-1 are images and keys
-  A..B-1 are one identity record per class, each holding the [start, end) range of that class's
+* "header": key 0 has the label [A, B] and an empty payload. Keys 1..A-1 are images, and keys
+  A..B-1 are one identity record per class whose label is the [start, end) range of that class's
   image keys (written by insightface's `dataset_merge.py`, `RecBuilder` and `face2rec2.py`).
 * "no-header": every key in the `.idx` is an image (written by insightface's `SeqRecBuilder`).
 """

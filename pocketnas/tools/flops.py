@@ -1,9 +1,13 @@
 """Parameters and FLOPs of a network, counted the way PocketNet (Boutros et al., 2021) counts them.
 
-Per layer: a convolution costs `2 * k_h * k_w * C_in / groups` (+1 with a bias) per output element;
-a linear layer `2 * weights` (+ bias); BatchNorm 2 per input element; ReLU and PReLU 1 per input
-element; max and average pooling `k * k` per output element; identity, zero and concatenation cost
-nothing. With these rules PocketNetS-128 costs 587.11 MFLOPs for one 3x112x112 image.
+Costs per layer:
+
+- convolution: `2 * k_h * k_w * C_in / groups` per output element, +1 with a bias;
+- linear layer: `2 * weights`, + bias;
+- BatchNorm: 2 per input element; ReLU and PReLU: 1 per input element;
+- max and average pooling: `k * k` per output element;
+- identity, zero and concatenation: nothing.
+ With these rules PocketNetS-128 costs 587.11 MFLOPs for one 3x112x112 image.
 """
 
 from __future__ import annotations

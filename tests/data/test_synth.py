@@ -14,6 +14,7 @@ from pocketnas.data.images import decode_image
 from pocketnas.data.recordio import FaceRecordSet
 from pocketnas.data.synth import (
     Nuisance,
+    SynthSummary,
     draw_face,
     fold_count,
     identity_traits,
@@ -33,6 +34,19 @@ OUTPUT_FILES = ("train.rec", "train.idx", "property", "verification.bin", "synth
 
 def _digests(folder: Path) -> dict[str, str]:
     return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in OUTPUT_FILES}
+
+
+def _synthesize_tiny(folder: Path) -> SynthSummary:
+    """Write the smallest valid set: 2 identities of 1 image, 2 pairs, 16x16."""
+    return synthesize(
+        folder,
+        identities=2,
+        images_per_identity=1,
+        pairs=2,
+        seed=0,
+        image_size=16,
+        show_progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -249,27 +263,11 @@ def test_raw_pixel_cosine_verifies_poorly(tmp_path: Path) -> None:
 def test_synthesize_rejects_a_missing_parent_folder(tmp_path: Path) -> None:
     target = tmp_path / "missing" / "out"
     with pytest.raises(PocketNasError, match="neither the output folder"):
-        synthesize(
-            target,
-            identities=2,
-            images_per_identity=1,
-            pairs=2,
-            seed=0,
-            image_size=16,
-            show_progress=False,
-        )
+        _synthesize_tiny(target)
 
 
 def test_synthesize_creates_the_folder_when_its_parent_exists(tmp_path: Path) -> None:
-    summary = synthesize(
-        tmp_path / "new",
-        identities=2,
-        images_per_identity=1,
-        pairs=2,
-        seed=0,
-        image_size=16,
-        show_progress=False,
-    )
+    summary = _synthesize_tiny(tmp_path / "new")
     assert summary.num_folds == 1
     for name in OUTPUT_FILES:
         assert (tmp_path / "new" / name).is_file()
@@ -279,15 +277,7 @@ def test_synthesize_rejects_a_file_as_output(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(PocketNasError, match="not a folder"):
-        synthesize(
-            target,
-            identities=2,
-            images_per_identity=1,
-            pairs=2,
-            seed=0,
-            image_size=16,
-            show_progress=False,
-        )
+        _synthesize_tiny(target)
 
 
 @pytest.mark.parametrize(
