@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="parameters and MFLOPs for one 3x112x112 image")
     p.add_argument("--preset", help="retraining preset name or YAML file")
+    p.add_argument(
+        "--arch", help="IResNet teacher (iresnet18, iresnet34, iresnet50, iresnet100) instead"
+    )
     p.add_argument("--genotype", help="genotype file (default: PocketNet's)")
     p.add_argument("--channels", type=int, help="initial channels")
     p.add_argument("--layers", type=int, help="number of cells")
@@ -284,8 +287,10 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     from pocketnas.search_space.published import POCKETNET_GENOTYPE
     from pocketnas.tools.flops import count_complexity
 
+    if args.arch is not None:
+        return _print_teacher_flops(args)
     if args.preset is None and None in (args.channels, args.layers, args.embedding):
-        raise PocketNasError("give --preset, or --channels, --layers and --embedding")
+        raise PocketNasError("give --preset, --arch, or --channels, --layers and --embedding")
     config = load_preset(RetrainConfig, args.preset) if args.preset else RetrainConfig()
     config = override(
         config,
@@ -306,6 +311,32 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         "layers": config.layers,
         "embedding_size": config.embedding_size,
         "image_size": config.image_size,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"params: {complexity.params:,}")
+        print(f"MFLOPs: {complexity.mflops:.2f}")
+    return 0
+
+
+def _print_teacher_flops(args: argparse.Namespace) -> int:
+    from pocketnas.retrain.iresnet import build_iresnet
+    from pocketnas.tools.flops import count_complexity
+
+    embedding = args.embedding or 512
+    try:
+        model = build_iresnet(args.arch, embedding, image_size=args.image_size)
+    except ValueError as exc:
+        raise PocketNasError(str(exc)) from None
+    complexity = count_complexity(model, args.image_size)
+    result = {
+        "arch": args.arch,
+        "params": complexity.params,
+        "mflops": round(complexity.mflops, 2),
+        "flops": complexity.flops,
+        "embedding_size": embedding,
+        "image_size": args.image_size,
     }
     if args.json:
         print(json.dumps(result))

@@ -20,7 +20,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Complexity:
-    """Trainable parameters and FLOPs of one forward pass of a single image."""
+    """Parameters and FLOPs of one forward pass of a single image."""
 
     params: int
     flops: int
@@ -61,7 +61,11 @@ def _layer_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: to
 
 
 def count_complexity(model: nn.Module, image_size: int = 112) -> Complexity:
-    """Count the trainable parameters and the FLOPs of `model` on one 3 x size x size image."""
+    """Count the parameters and the FLOPs of `model` on one 3 x size x size image.
+
+    Every parameter tensor counts, frozen ones included (IResNet's fixed `features` scale), as
+    the published parameter counts of PocketNet and the IResNet teachers do.
+    """
     total = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -78,5 +82,5 @@ def count_complexity(model: nn.Module, image_size: int = 112) -> Complexity:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in model.parameters())
     return Complexity(params=params, flops=total)
