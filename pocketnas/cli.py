@@ -312,11 +312,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         "embedding_size": config.embedding_size,
         "image_size": config.image_size,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"params: {complexity.params:,}")
-        print(f"MFLOPs: {complexity.mflops:.2f}")
+    _print_complexity(result, args.json)
     return 0
 
 
@@ -338,12 +334,16 @@ def _print_teacher_flops(args: argparse.Namespace) -> int:
         "embedding_size": embedding,
         "image_size": args.image_size,
     }
-    if args.json:
+    _print_complexity(result, args.json)
+    return 0
+
+
+def _print_complexity(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result))
     else:
-        print(f"params: {complexity.params:,}")
-        print(f"MFLOPs: {complexity.mflops:.2f}")
-    return 0
+        print(f"params: {result['params']:,}")
+        print(f"MFLOPs: {result['mflops']:.2f}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -29,6 +29,21 @@ def published() -> dict[str, Any]:
     return json.loads((FIXTURES / "reference" / "pocketnet_published.json").read_text())
 
 
+@pytest.fixture(
+    params=[
+        "pocketnet-s128",
+        "pocketnet-s256",
+        "pocketnet-s512",
+        "pocketnet-m128",
+        "pocketnet-m256",
+        "pocketnet-m512",
+    ]
+)
+def published_preset(request: pytest.FixtureRequest) -> str:
+    """Name of each PocketNet preset whose published figures are in the reference data."""
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def _two_threads() -> None:
     torch.set_num_threads(2)

@@ -11,18 +11,8 @@ from pocketnas.search_space.published import POCKETNET_GENOTYPE
 from pocketnas.tools.flops import count_complexity
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "pocketnet-s128",
-        "pocketnet-s256",
-        "pocketnet-s512",
-        "pocketnet-m128",
-        "pocketnet-m256",
-        "pocketnet-m512",
-    ],
-)
-def test_network_matches_published_preset(published, name):
+def test_network_matches_published_preset(published, published_preset):
+    name = published_preset
     reference = published["presets"][name]
     net = FaceNetwork(
         POCKETNET_GENOTYPE,
