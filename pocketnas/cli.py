@@ -48,6 +48,12 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", help="search preset name or YAML file (default: pocketnet-search)")
     p.add_argument("--order", choices=["first", "second"], help="architecture gradient order")
+    p.add_argument(
+        "--arch-gradient",
+        choices=["darts", "authors"],
+        help="'darts' (default): alpha follows the DARTS gradient; 'authors': also adds the "
+        "training-loss gradient of alpha, as the PocketNet authors' search loop does",
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_search)
 
@@ -195,7 +201,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from pocketnas.searchers.search import run_search
 
     config = load_preset(SearchConfig, args.preset or "pocketnet-search")
-    config = override(config, order=args.order, **_run_overrides(args))
+    config = override(
+        config, order=args.order, arch_gradient=args.arch_gradient, **_run_overrides(args)
+    )
     result = run_search(
         config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
     )

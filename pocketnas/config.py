@@ -34,6 +34,10 @@ class SearchConfig:
     epochs: int = 50
     batch_size: int = 128
     order: str = "first"  # "first" or "second" order architecture gradient
+    # "darts": alpha follows the DARTS gradient only; "authors": the PocketNet authors' loop,
+    # which also adds the training-loss gradient of alpha.
+    arch_gradient: str = "darts"
+    fused_cells: bool = True  # False runs every candidate operation as its own module
     w_lr: float = 0.1  # SGD, cosine annealed to w_lr_min
     w_lr_min: float = 0.004
     w_momentum: float = 0.9
@@ -50,6 +54,10 @@ class SearchConfig:
     def validate(self) -> None:
         if self.order not in ("first", "second"):
             raise ConfigError(f"order must be 'first' or 'second', got {self.order!r}")
+        if self.arch_gradient not in ("darts", "authors"):
+            raise ConfigError(
+                f"arch_gradient must be 'darts' or 'authors', got {self.arch_gradient!r}"
+            )
         _check_positive(self, ("channels", "layers", "nodes", "epochs", "batch_size", "image_size"))
         if self.layers < 4:
             raise ConfigError(

@@ -42,11 +42,14 @@ class MixedOp(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros((), dtype=x.dtype, device=x.device)
+        out: torch.Tensor | None = None
         for w, op in zip(weights, self.ops, strict=True):
             # `none` adds w * 0: skipping it changes neither the output nor any gradient.
             if not isinstance(op, Zero):
-                out = out + w * op(x)
+                out = w * op(x) if out is None else out + w * op(x)
+        if out is None:
+            # Every candidate is `none`: the edge outputs zeros at its stride.
+            return self.ops[0](x)
         return out
 
 

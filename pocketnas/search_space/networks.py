@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketnas.search_space.cells import FixedCell, SearchCell
+from pocketnas.search_space.fused import FusedSearchCell
 from pocketnas.search_space.genotype import Genotype
 from pocketnas.search_space.operations import PRIMITIVES
 
@@ -37,7 +38,7 @@ def feature_map_size(image_size: int) -> int:
     return size
 
 
-CellBuilder = Callable[[int, int, int, bool, bool], SearchCell | FixedCell]
+CellBuilder = Callable[[int, int, int, bool, bool], SearchCell | FusedSearchCell | FixedCell]
 """Builds a cell from (c_prev_prev, c_prev, channels, reduction, reduction_prev)."""
 
 
@@ -106,15 +107,22 @@ class SearchNetwork(nn.Module):
         embedding_size: int = 128,
         image_size: int = 112,
         primitives: tuple[str, ...] = PRIMITIVES,
+        fused: bool = True,
     ) -> None:
+        """Build the supernet.
+
+        `fused` selects `FusedSearchCell`, which computes the same function as the per-edge
+        `SearchCell` with far fewer kernel calls; `fused=False` keeps one module per operation.
+        """
         super().__init__()
         self.primitives = tuple(primitives)
         self.nodes = nodes
         c_stem = stem_multiplier * channels
         self.stem = make_stem(c_stem)
+        cell_type = FusedSearchCell if fused else SearchCell
 
         def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool):
-            return SearchCell(nodes, c_pp, c_p, c, reduction, reduction_prev, self.primitives)
+            return cell_type(nodes, c_pp, c_p, c, reduction, reduction_prev, self.primitives)
 
         self.cells, c_last = build_cells(layers, c_stem, channels, make_cell)
         self.tail = make_tail(c_last, embedding_size, feature_map_size(image_size))

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Subset
 from tqdm import tqdm
 
@@ -157,6 +156,7 @@ def _search(
         stem_multiplier=config.stem_multiplier,
         embedding_size=config.embedding_size,
         image_size=config.image_size,
+        fused=config.fused_cells,
     )
     w_optimizer = torch.optim.SGD(
         model.weights(),
@@ -174,7 +174,12 @@ def _search(
         weight_decay=config.alpha_weight_decay,
     )
     architect = Architect(
-        model, a_optimizer, config.order, config.w_momentum, config.w_weight_decay
+        model,
+        a_optimizer,
+        config.order,
+        config.w_momentum,
+        config.w_weight_decay,
+        arch_gradient=config.arch_gradient,
     )
 
     start_epoch = 0
@@ -220,26 +225,21 @@ def _search(
             train_batch = (resize_batch(train_batch[0], config.image_size), train_batch[1])
             val_batch = (resize_batch(val_batch[0], config.image_size), val_batch[1])
 
-            # The validation metrics come from the architecture step's own forward pass.
-            val_loss, val_logits = architect.step(
-                train_batch, val_batch, xi=lr, w_optimizer=w_optimizer
+            # The metrics come from the forward passes that the step computes anyway.
+            step_metrics = architect.search_step(
+                train_batch, val_batch, xi=lr, w_optimizer=w_optimizer, grad_clip=config.grad_clip
             )
-
-            images, targets = train_batch
-            w_optimizer.zero_grad(set_to_none=True)
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.weights(), config.grad_clip)
-            w_optimizer.step()
+            loss, logits = step_metrics.train_loss, step_metrics.train_logits
+            val_loss, val_logits = step_metrics.val_loss, step_metrics.val_logits
+            targets = train_batch[1]
 
             n = len(targets)
-            totals["train_loss"] += float(loss.detach()) * n
+            totals["train_loss"] += float(loss) * n
             totals["train_correct"] += int((logits.argmax(1) == targets).sum())
             totals["val_loss"] += float(val_loss) * n
             totals["val_correct"] += int((val_logits.argmax(1) == val_batch[1]).sum())
             totals["seen"] += n
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            progress.set_postfix(loss=f"{float(loss):.3f}")
             progress.update()
         progress.close()
         scheduler.step()
