@@ -236,3 +236,18 @@ def test_pairs_file_with_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         "'name1 n1 name2 n2' with image numbers from 1: 'Abel 1 Bea'"
     )
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_broken_image_in_convert_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faces = tmp_path / "faces"
+    for name in ("a", "b"):
+        (faces / name).mkdir(parents=True)
+        for number in range(4):
+            (faces / name / f"{number}.jpg").write_bytes(encode_jpeg(np.zeros((8, 8, 3), np.uint8)))
+    (faces / "b" / "2.jpg").write_bytes(b"\xff\xd8\xff broken")
+    args = ["data", "convert", str(faces), str(tmp_path / "out"), "--workers", "2"]
+    assert error_line(args, capsys) == (
+        f"pocketnas: error: {faces}/b/2.jpg: the file is not a readable image "
+        "(unknown image format)"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["faces"]

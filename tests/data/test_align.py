@@ -25,7 +25,7 @@ def reference_warp(
     """Bilinear warp written out pixel by pixel, with pixel centres at integer coordinates.
 
     Returns the warped float image and a mask of the output pixels whose four source pixels all
-    lie inside the input; edge handling differs between libraries, so only those are compared.
+    lie inside the input. Libraries differ at the edges, so the tests compare only those pixels.
     """
     inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))
     height, width = size
