@@ -69,6 +69,67 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_retrain)
 
 
+def _add_data_convert(data_sub: argparse._SubParsersAction) -> None:
+    p = data_sub.add_parser(
+        "convert",
+        help="image folder (one subfolder per identity) to train.rec/.idx/property, or back",
+        description="Convert between an image folder and insightface's RecordIO set. A folder "
+        "holding train.rec (or a .rec file) is unpacked into one folder per class id; any other "
+        "folder is packed. DST must not exist yet, or be an empty folder.",
+    )
+    p.add_argument("src", help="image folder, or folder with train.rec/train.idx/property")
+    p.add_argument("dst", help="output folder (new or empty)")
+    p.add_argument("--workers", type=int, default=1, help="processes that read and decode images")
+    p.add_argument(
+        "--landmarks",
+        help="file with one line per image: its path (relative to SRC) and x1 y1 ... x5 y5 of "
+        "the eyes, nose tip and mouth corners; faces are aligned to the 112x112 ArcFace crop",
+    )
+    p.set_defaults(func=_cmd_data_convert)
+
+
+def _add_data_make_bin(data_sub: argparse._SubParsersAction) -> None:
+    p = data_sub.add_parser(
+        "make-bin",
+        help="verification .bin from an image folder and an LFW-style pairs.txt",
+        description="Write a verification .bin like insightface's lfw.bin. Images are looked up "
+        "as FOLDER/<name>/<name>_<4-digit number>.jpg, as in LFW.",
+    )
+    p.add_argument("folder", help="folder with one subfolder per identity")
+    p.add_argument("--pairs", required=True, help="pairs file: 'FOLDS PAIRS' header, then pairs")
+    p.add_argument("--out", required=True, help=".bin file to write")
+    p.add_argument("--landmarks", help="landmark file to align faces (see 'data convert')")
+    p.set_defaults(func=_cmd_data_make_bin)
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from pocketnas.tools.convert import convert
+
+    summary = convert(
+        args.src,
+        args.dst,
+        workers=args.workers,
+        landmarks=args.landmarks,
+        show_progress=not args.quiet,
+    )
+    height, width = summary.image_size
+    print(
+        f"wrote {summary.images} images of {summary.identities} identities "
+        f"({height}x{width}) to {summary.destination}"
+    )
+    return 0
+
+
+def _cmd_data_make_bin(args: argparse.Namespace) -> int:
+    from pocketnas.tools.convert import make_verification_bin
+
+    pairs = make_verification_bin(
+        args.folder, args.pairs, args.out, landmarks=args.landmarks, show_progress=not args.quiet
+    )
+    print(f"wrote {pairs} pairs to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pocketnas",
@@ -83,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="demo preset name or YAML file")
     p.set_defaults(func=_cmd_demo)
 
-    data = sub.add_parser("data", help="face data: synthesize and inspect")
+    data = sub.add_parser("data", help="face data: synthesize, inspect and convert")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = data_sub.add_parser("synth", help="write synthetic face identities in insightface's format")
     p.add_argument("dir", help="output folder (created if its parent exists)")
@@ -97,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="folder with train.rec/train.idx/property, or a .bin file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_inspect)
+    _add_data_convert(data_sub)
+    _add_data_make_bin(data_sub)
 
     _add_search(sub)
 

@@ -31,15 +31,23 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def umask_mode(mode: int) -> int:
+    """Return `mode` (0o666 for files, 0o777 for folders) less the process umask.
+
+    mkstemp and mkdtemp create paths that only their owner can read. Files renamed into place
+    get this mode instead, the one `open` and `mkdir` would have given them.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` only when the block ends without an error."""
     target = ensure_parent(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
+    os.chmod(tmp_name, umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -1,4 +1,4 @@
-"""torch datasets over insightface training sets and verification pairs.
+"""torch datasets over face training sets (RecordIO or image folders) and verification pairs.
 
 Training samples are preprocessed as arcface_torch's `MXFaceDataset` does: RGB decode, random
 horizontal flip (p = 0.5) when training, then `x / 127.5 - 1` per channel, which equals
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pocketnas.data.image_folder import ImageFolderSet
 from pocketnas.data.images import decode_image, resize_image
 from pocketnas.data.recordio import FaceRecordSet
 from pocketnas.data.verification_bin import load_verification_bin
@@ -29,17 +31,81 @@ def normalize_images(rgb: np.ndarray) -> torch.Tensor:
     return tensor.float().div_(127.5).sub_(1.0)
 
 
-class FaceRecordDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images and class ids of a FaceRecordSet as (float32 CHW tensor, int64 label) pairs.
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """Turn uint8 CHW (or NCHW) RGB tensors into float32 in [-1, 1] as `x / 127.5 - 1`.
+
+    Use it on batches of a dataset created with `normalize=False`, for example on the GPU.
+    """
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def preprocess_face(rgb: np.ndarray, flip: bool, normalize: bool = True) -> torch.Tensor:
+    """Turn an HWC uint8 RGB image into a CHW tensor, flipped horizontally when `flip` is set.
+
+    With `normalize` the result is float32 in [-1, 1], otherwise the uint8 values. The CHW tensor
+    is a permuted view of HWC memory (channels-last strides), which saves a copy. DataLoader's
+    collate stacks such tensors into an ordinary contiguous NCHW batch.
+    """
+    tensor = torch.from_numpy(rgb)
+    if flip:
+        tensor = tensor.flip(1)
+    tensor = tensor.permute(2, 0, 1)
+    return normalize_batch(tensor) if normalize else tensor
+
+
+class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Shared `__getitem__` of the face datasets: decode, check the size, flip, normalise.
 
     The flip draws from torch's global RNG, so `torch.manual_seed` and DataLoader worker seeding
-    make it reproducible. The dataset can be used in forked or spawned DataLoader workers because
-    the underlying reader reopens its file in each process.
+    make it reproducible.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], train: bool = True) -> None:
+    train: bool
+    normalize: bool
+    labels: np.ndarray
+    expected_size: tuple[int, int]
+
+    def _read_rgb(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _describe(self, index: int) -> tuple[Path, str]:
+        """Return the file to blame for image `index` and how to name the image in it."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = self._read_rgb(index)
+        if rgb.shape[:2] != self.expected_size:
+            path, name = self._describe(index)
+            raise DataError(
+                path,
+                f"{name} is {rgb.shape[0]}x{rgb.shape[1]} pixels, but the set's images are "
+                f"{self.expected_size[0]}x{self.expected_size[1]}",
+            )
+        flip = self.train and torch.rand(1).item() < 0.5
+        label = torch.tensor(int(self.labels[index]), dtype=torch.int64)
+        return preprocess_face(rgb, flip, self.normalize), label
+
+
+class FaceRecordDataset(_FaceImageDataset):
+    """Images and class ids of a FaceRecordSet as (float32 CHW tensor, int64 label) pairs.
+
+    Items are read at random through the `.idx` offsets. The dataset can be used in forked or
+    spawned DataLoader workers because the underlying reader opens its own file handle in each
+    process. An image whose size differs from `property` raises DataError with its record key,
+    and inside a worker that error reaches the main process as a DataError with the same text.
+
+    With `normalize=False` the images stay uint8 (a quarter of the bytes to pass from workers)
+    and `normalize_batch` converts whole batches later, for example on the GPU.
+    """
+
+    def __init__(
+        self, folder: str | os.PathLike[str], train: bool = True, normalize: bool = True
+    ) -> None:
         self.record_set = FaceRecordSet(folder)
         self.train = train
+        self.normalize = normalize
+        self.labels = self.record_set.labels
+        self.expected_size = self.record_set.image_size
 
     @property
     def num_classes(self) -> int:
@@ -54,12 +120,58 @@ class FaceRecordDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.record_set)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = normalize_images(self.record_set.read_image(index))
-        if self.train and torch.rand(1).item() < 0.5:
-            image = torch.flip(image, dims=(2,))
-        label = torch.tensor(int(self.record_set.labels[index]), dtype=torch.int64)
-        return image, label
+    def _read_rgb(self, index: int) -> np.ndarray:
+        return self.record_set.read_image(index)
+
+    def _describe(self, index: int) -> tuple[Path, str]:
+        return self.record_set.rec_path, f"record key {self.record_set.image_keys[index]}"
+
+
+class ImageFolderDataset(_FaceImageDataset):
+    """Images and class ids of an ImageFolderSet (one folder per identity) as tensor pairs.
+
+    Args:
+        root: the folder holding one subfolder per identity.
+        train: apply the random horizontal flip.
+        image_size: (height, width) every image must have. None takes the size of the first
+            image. Use `pocketnas data convert --landmarks` to align faces of other sizes.
+        normalize: return float32 in [-1, 1]; False returns uint8 for `normalize_batch`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        train: bool = True,
+        image_size: tuple[int, int] | None = None,
+        normalize: bool = True,
+    ) -> None:
+        self.image_set = ImageFolderSet(root)
+        self.train = train
+        self.normalize = normalize
+        self.labels = self.image_set.labels
+        if image_size is None:
+            first = self.image_set.read_image(0)
+            image_size = (int(first.shape[0]), int(first.shape[1]))
+        self.expected_size = image_size
+
+    @property
+    def num_classes(self) -> int:
+        """Number of identity folders."""
+        return self.image_set.num_classes
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of every image."""
+        return self.expected_size
+
+    def __len__(self) -> int:
+        return len(self.image_set)
+
+    def _read_rgb(self, index: int) -> np.ndarray:
+        return self.image_set.read_image(index)
+
+    def _describe(self, index: int) -> tuple[Path, str]:
+        return self.image_set.paths[index], "the image"
 
 
 def load_verification_images(

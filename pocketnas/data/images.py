@@ -2,8 +2,12 @@
 
 Decoding always returns RGB, which is what arcface_torch trains on: it decodes with
 `mx.image.imdecode`, whose default is RGB. OpenCV's `cv2.imdecode` would return BGR and silently
-swap the channels. Pillow is used because it decodes the insightface JPEGs to the same pixels as
-MXNet (both use libjpeg-turbo) and needs no extra dependency.
+swap the channels.
+
+JPEGs are decoded with simplejpeg (a thin libjpeg-turbo binding) when it is installed, because it
+decodes a 112x112 face about 2.5 times as fast as Pillow. Everything else, and any JPEG that
+simplejpeg rejects or cannot convert to RGB itself (CMYK, YCCK), goes through Pillow. Both use
+libjpeg-turbo, so they give the same pixels as MXNet on insightface's JPEGs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,32 @@ from PIL import Image, UnidentifiedImageError
 
 from pocketnas.errors import DataError
 
+try:
+    import simplejpeg
+except ImportError:  # optional: Pillow decodes everything, only slower
+    simplejpeg = None
+
 logger = logging.getLogger(__name__)
+
+JPEG_DECODER = "pillow" if simplejpeg is None else "simplejpeg"
+"""Name of the library that decodes JPEGs in `decode_image`: "simplejpeg" or "pillow"."""
+
+# Colour spaces simplejpeg converts to RGB the way Pillow does. Pillow handles CMYK and YCCK.
+_FAST_COLORSPACES = frozenset({"YCbCr", "Gray", "RGB"})
+
+
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """Decode a JPEG with simplejpeg, or return None to leave it (and its error) to Pillow."""
+    if simplejpeg is None or not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in _FAST_COLORSPACES:
+            return None
+        rgb: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+    return rgb
 
 
 def decode_image(
@@ -40,6 +69,9 @@ def decode_image(
         where = f"the payload of record key {key}"
     if not data:
         raise DataError(path, f"{where} is empty, not an image")
+    fast = _decode_jpeg_fast(data)
+    if fast is not None:
+        return fast
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

@@ -106,6 +106,7 @@ def _inspect_record_set(folder: Path, name: str, check_records: bool) -> dict[st
     if not check_records:
         try:
             first_image = record_set.read_image(0)
+            record_set.check_image_size(record_set.image_keys[0], first_image)
         except DataError as exc:
             summary["damaged_records"] = 1
             summary["first_damaged_record"] = _damage_entry(record_set, 0, exc)
@@ -123,6 +124,7 @@ def _inspect_record_set(folder: Path, name: str, check_records: bool) -> dict[st
                 rgb = decode_image(payload, path=reader.rec_path, key=key)
                 if summary["image_size_decoded"] is None:
                     summary["image_size_decoded"] = [int(rgb.shape[0]), int(rgb.shape[1])]
+                record_set.check_image_size(key, rgb)
         except DataError as exc:
             damaged += 1
             if first_damage is None:

@@ -39,7 +39,7 @@ import numpy as np
 
 from pocketnas.data.images import decode_image
 from pocketnas.errors import DataError
-from pocketnas.fileio import atomic_write_text, ensure_parent
+from pocketnas.fileio import atomic_write_text, ensure_parent, umask_mode
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,8 @@ class RecordIOReader:
                 raise DataError(
                     self.rec_path,
                     f"offset {record_offset} of key {key} in {self.idx_path.name} is past the "
-                    f"end of the file ({self._size} bytes)",
+                    f"end of the file ({self._size} bytes); the .rec file is truncated or the "
+                    "index belongs to another file",
                 )
             raise DataError(
                 self.rec_path,
@@ -437,6 +438,7 @@ class RecordIOWriter:
     @staticmethod
     def _make_temporary(target: Path) -> tuple[str, IO[bytes]]:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.chmod(name, umask_mode(0o666))
         return name, os.fdopen(fd, "wb")
 
     def __enter__(self) -> RecordIOWriter:
@@ -550,6 +552,9 @@ class FaceRecordSet:
         labels: int64 class id of each image, aligned with `image_keys`.
         layout: "header" (key 0 = [A, B] header record) or "no-header".
         label_form: "scalar" (flag 0), "vector" (first value of a float vector) or "mixed".
+        identity_ranges: in the header layout, an int64 array of shape (num_classes, 2) with the
+            [start, end) image keys of each class, read from the identity records. Every image
+            in a class's range is checked to carry that class's label. None without a header.
         reader: the underlying RecordIOReader.
     """
 
@@ -580,6 +585,9 @@ class FaceRecordSet:
         if not self.image_keys:
             raise DataError(rec_path, "the set contains no images")
         self.labels, self.label_form = self._read_labels()
+        self.identity_ranges: np.ndarray | None = None
+        if self.layout == "header":
+            self.identity_ranges = self._read_identity_ranges()
         logger.debug(
             "opened %s: %d images, %d identities, layout %s, %s labels",
             rec_path,
@@ -664,6 +672,48 @@ class FaceRecordSet:
         form = forms.pop() if len(forms) == 1 else "mixed"
         return labels, form
 
+    def _read_identity_ranges(self) -> np.ndarray:
+        """Read the identity records that follow the images and check them against the labels."""
+        first_identity = len(self.image_keys) + 1
+        ranges = np.empty((self.num_classes, 2), dtype=np.int64)
+        for class_id in range(self.num_classes):
+            key = first_identity + class_id
+            if key not in self.reader:
+                raise DataError(
+                    self.idx_path,
+                    f"header record key 0 lists identity records {first_identity}.."
+                    f"{first_identity + self.num_classes - 1}, but key {key} is not in the index",
+                )
+            header, payload = unpack_record(self.reader.read(key), self.rec_path, key)
+            bounds = header.label if isinstance(header.label, tuple) else ()
+            valid = (
+                len(bounds) >= 2
+                and not payload
+                and all(value.is_integer() for value in bounds[:2])
+                and 1 <= bounds[0] <= bounds[1] <= first_identity
+            )
+            if not valid:
+                shown = list(bounds) if bounds else header.label
+                raise DataError(
+                    self.rec_path,
+                    f"identity record key {key} (class {class_id}) has label {shown} and a "
+                    f"{len(payload)}-byte payload; expected a [start, end) range of image keys "
+                    f"within 1..{first_identity} and no payload",
+                )
+            start, end = int(bounds[0]), int(bounds[1])
+            ranges[class_id] = (start, end)
+            # Image key k sits at index k - 1 in the header layout.
+            in_range = self.labels[start - 1 : end - 1]
+            wrong = np.flatnonzero(in_range != class_id)
+            if wrong.size:
+                image_key = start + int(wrong[0])
+                raise DataError(
+                    self.rec_path,
+                    f"record key {image_key} has label {int(in_range[wrong[0]])}, but identity "
+                    f"record key {key} gives keys {start}..{end - 1} to class {class_id}",
+                )
+        return ranges
+
     def __len__(self) -> int:
         return len(self.image_keys)
 
@@ -682,6 +732,16 @@ class FaceRecordSet:
         key = self.image_keys[index]
         _, payload = unpack_record(self.reader.read(key), self.rec_path, key)
         return payload
+
+    def check_image_size(self, key: int, rgb: np.ndarray) -> None:
+        """Raise DataError when a decoded image's size differs from the one in `property`."""
+        height, width = self.image_size
+        if rgb.shape[:2] != (height, width):
+            raise DataError(
+                self.rec_path,
+                f"record key {key} is {rgb.shape[0]}x{rgb.shape[1]} pixels, but "
+                f"{self.property_path.name} says {height}x{width}",
+            )
 
     def read_image(self, index: int) -> np.ndarray:
         """Decode the image at `index` into an HWC uint8 RGB array.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pocketnas.data.dataset import FaceRecordDataset, load_verification_images
+from pocketnas.data.dataset import FaceRecordDataset, load_verification_images, normalize_batch
 from pocketnas.data.images import encode_jpeg
 from pocketnas.data.recordio import FaceRecordSet
 from pocketnas.data.verification_bin import write_verification_bin
@@ -128,3 +128,15 @@ def test_verification_image_not_decodable(tmp_path: Path) -> None:
     write_verification_bin(path, [encode_jpeg(np.zeros((8, 8, 3), np.uint8)), b"garbage"], [True])
     with pytest.raises(DataError, match=r"broken\.bin: image 1 is not a readable image"):
         load_verification_images(path)
+
+
+def test_uint8_items_normalise_in_batches() -> None:
+    raw = FaceRecordDataset(FIXTURES, train=False, normalize=False)
+    dataset = FaceRecordDataset(FIXTURES, train=False)
+
+    images = torch.stack([raw[index][0] for index in range(4)])
+
+    assert images.dtype == torch.uint8
+    assert images.shape == (4, 3, 112, 112)
+    expected = torch.stack([dataset[index][0] for index in range(4)])
+    torch.testing.assert_close(normalize_batch(images), expected, rtol=0, atol=0)

@@ -553,3 +553,45 @@ def test_no_header_set_with_vector_labels(tmp_path: Path) -> None:
     assert record_set.label_form == "vector"
     assert record_set.image_keys == [0, 1, 2]
     assert record_set.labels.tolist() == [0, 0, 1]
+
+
+def test_identity_ranges_from_header_records() -> None:
+    record_set = FaceRecordSet(FIXTURES)
+    assert record_set.identity_ranges is not None
+    assert record_set.identity_ranges.tolist() == [
+        [1, 6],
+        [6, 11],
+        [11, 16],
+        [16, 21],
+        [21, 26],
+        [26, 31],
+    ]
+
+
+def test_missing_identity_record_raises(tmp_path: Path) -> None:
+    folder = copy_set("", tmp_path)
+    lines = [
+        line
+        for line in (folder / "train.idx").read_text().splitlines()
+        if not line.startswith("33\t")
+    ]
+    (folder / "train.idx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataError,
+        match=r"train\.idx: header record key 0 lists identity records 31\.\.36, but key 33",
+    ):
+        FaceRecordSet(folder)
+
+
+def test_identity_record_with_payload_raises(tmp_path: Path) -> None:
+    image = encode_jpeg(np.zeros((4, 4, 3), dtype=np.uint8))
+    with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        writer.write(1, pack_record(0.0, image, id=1))
+        writer.write(2, pack_record([1, 2], b"extra", id=2))
+        writer.write(0, pack_record([2, 3], b""))
+    write_property(tmp_path / "property", 1, 4, 4)
+    with pytest.raises(
+        DataError,
+        match=r"identity record key 2 \(class 0\) has label \[1\.0, 2\.0\] and a 5-byte payload",
+    ):
+        FaceRecordSet(tmp_path)
