@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pocketnas.cli import main
+from pocketnas.config import RetrainConfig
 from pocketnas.errors import DataError
 from pocketnas.evaluation.ijb import (
     embed_ijb_images,
@@ -20,6 +23,9 @@ from pocketnas.evaluation.ijb import (
     template_features,
 )
 from pocketnas.evaluation.ijb_align import ARCFACE_TEMPLATE
+from pocketnas.fileio import atomic_torch_save
+from pocketnas.retrain.train import build_network, network_spec
+from pocketnas.search_space.published import POCKETNET_GENOTYPE
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 # The colour vectors after the (x / 255 - 0.5) / 0.5 pixel scaling of the network input.
@@ -225,3 +231,42 @@ def test_missing_image(tmp_path: Path) -> None:
     (folder / "loose_crop" / "3.png").unlink()
     with pytest.raises(DataError, match=r"3\.png: IJB image not found"):
         evaluate_ijb(ChannelMean(), folder)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A retraining checkpoint of a 32x32 network, as the retraining loop stores its network."""
+    config = RetrainConfig(channels=4, layers=4, embedding_size=8, image_size=32)
+    spec = network_spec(POCKETNET_GENOTYPE, config)
+    path = tmp_path / "last.pt"
+    atomic_torch_save(
+        path, {"kind": "retrain", "network": spec, "model": build_network(spec).state_dict()}
+    )
+    return path
+
+
+def test_cli_eval_ijb(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    folder = write_ijb(tmp_path, "IJBC")
+    args = ["-q", "eval", "--checkpoint", str(tiny_checkpoint), "--ijb", str(folder)]
+    assert main(args) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["IJB", "set", "pairs"] + [
+        f"TAR@{far}" for far in ("1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01")
+    ]
+    assert table[1].split()[:2] == ["IJBC", "6"]
+
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ijbc = result["ijb"]["IJBC"]
+    assert (ijbc["pairs"], ijbc["images"], ijbc["templates"]) == (6, 8, 5)
+    assert set(ijbc["tar_at_far"]) == {"1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"}
+    assert all(0.0 <= tar <= 1.0 for tar in ijbc["tar_at_far"].values())
+    assert result["sets"] == {}
+
+
+def test_cli_ijb_missing_meta(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    folder = write_ijb(tmp_path)
+    missing = folder / "meta" / "ijbb_template_pair_label.txt"
+    missing.unlink()
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--ijb", str(folder)]) == 2
+    assert capsys.readouterr().err == f"pocketnas: error: {missing}: IJB meta file not found\n"
