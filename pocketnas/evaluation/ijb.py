@@ -235,14 +235,15 @@ def embed_ijb_images(
     workers: int = 0,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every aligned image and its horizontal flip.
+    flip: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed every aligned image and, when `flip` is true, its horizontal flip.
 
     The crop is scaled to the network's input side (`model.image_size`, else 112) and its pixels
     to [-1, 1], as in training.
 
     Returns:
-        The embeddings of the crops and of their flips, each float32 (N, D).
+        The embeddings of the crops and of their flips (None without `flip`), float32 (N, D).
     """
     size = int(getattr(model, "image_size", CROP_SIZE))
     loader = DataLoader(AlignedCrops(meta), batch_size=batch_size, num_workers=workers)
@@ -259,10 +260,12 @@ def embed_ijb_images(
                     )
                 images = (images / 255.0 - 0.5) / 0.5
                 plain.append(model(images).float().cpu().numpy())
-                flipped.append(model(torch.flip(images, dims=[3])).float().cpu().numpy())
+                if flip:
+                    mirrored = torch.flip(images, dims=[3])
+                    flipped.append(model(mirrored).float().cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(plain), np.concatenate(flipped)
+    return np.concatenate(plain), np.concatenate(flipped) if flip else None
 
 
 def image_features(
@@ -475,5 +478,7 @@ def evaluate_ijb(
     logger.info(
         "%s: %d images, %d template pairs", meta.name, len(meta.image_names), len(meta.pairs)
     )
-    plain, flipped = embed_ijb_images(model, meta, batch_size, workers, device, show_progress)
-    return score_ijb(meta, plain, flipped if flip else None, normalise, detector_weighting)
+    plain, flipped = embed_ijb_images(
+        model, meta, batch_size, workers, device, show_progress, flip=flip
+    )
+    return score_ijb(meta, plain, flipped, normalise, detector_weighting)

@@ -105,6 +105,8 @@ def test_aligned_embeddings_are_colours(tmp_path: Path) -> None:
     expected = np.array([colours[colour] for colour, *_ in IMAGES])
     np.testing.assert_allclose(plain, expected, atol=1e-6)
     np.testing.assert_allclose(flipped, plain, atol=1e-6)
+    _, no_flip = embed_ijb_images(ChannelMean(), meta, flip=False)
+    assert no_flip is None
 
 
 def test_known_tar_with_detector_scores(tmp_path: Path) -> None:
