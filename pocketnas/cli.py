@@ -183,13 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_retrain(sub)
 
-    p = sub.add_parser("eval", help="10-fold verification accuracy of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="pocketnas checkpoint or bare state dict")
-    p.add_argument("--preset", help="retraining preset for a bare state dict (e.g. pocketnet-s128)")
-    p.add_argument("--genotype", help="genotype file for a bare state dict (default: PocketNet's)")
-    p.add_argument("--bin", nargs="+", required=True, help="verification .bin files")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_cmd_eval)
+    _add_eval(sub)
+    _add_report(sub)
 
     p = sub.add_parser("flops", help="parameters and MFLOPs for one 3x112x112 image")
     p.add_argument("--preset", help="retraining preset name or YAML file")
@@ -331,23 +326,125 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="10-fold verification accuracy and IJB TAR at FAR of a checkpoint"
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="pocketnas checkpoint (search or retraining), run folder, or bare state dict",
+    )
+    p.add_argument("--preset", help="retraining preset for a bare state dict (e.g. pocketnet-s128)")
+    p.add_argument("--genotype", help="genotype file for a bare state dict (default: PocketNet's)")
+    p.add_argument("--bin", nargs="+", default=[], help="verification .bin files")
+    p.add_argument(
+        "--ijb",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="IJBB or IJBC folders (loose_crop/, meta/)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for IJB images")
+    p.add_argument("--out", help="also write the results, ROC points included, to this JSON file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pocketnas.config import RetrainConfig, load_preset
     from pocketnas.evaluation.evaluate import evaluate_checkpoint
+    from pocketnas.fileio import atomic_write_json, ensure_parent
     from pocketnas.search_space.genotype import load_genotype
 
+    if not args.bin and not args.ijb:
+        raise PocketNasError("give verification files with --bin FILE..., or --ijb DIR...")
+    if args.batch_size < 1 or args.workers < 0:
+        raise PocketNasError(
+            f"--batch-size must be at least 1 (got {args.batch_size}) and --workers at least 0 "
+            f"(got {args.workers})"
+        )
+    if args.out:
+        ensure_parent(args.out)
     config = load_preset(RetrainConfig, args.preset) if args.preset else None
     genotype = load_genotype(args.genotype) if args.genotype else None
-    results = evaluate_checkpoint(args.checkpoint, args.bin, config, genotype)
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        args.bin,
+        config,
+        genotype,
+        batch_size=args.batch_size,
+        ijb=args.ijb,
+        workers=args.workers,
+        show_progress=not args.quiet,
+    )
+    if args.out:
+        atomic_write_json(args.out, results)
     if args.json:
         print(json.dumps(results))
         return 0
-    print(f"{'set':<20} {'pairs':>6} {'accuracy':>10} {'std':>8} {'VAL@1e-3':>9}")
-    for name, row in results["sets"].items():
-        print(
-            f"{name:<20} {row['pairs']:>6} {row['accuracy']:>10.4f} {row['accuracy_std']:>8.4f} "
-            f"{row['val_at_far_1e-3']:>9.4f}"
+    print(_evaluation_table(results))
+    return 0
+
+
+def _evaluation_table(results: dict[str, Any]) -> str:
+    """Format evaluation results as fixed-width tables: one for .bin sets, one for IJB."""
+    lines = []
+    if results["sets"]:
+        lines.append(
+            f"{'set':<20} {'pairs':>6} {'accuracy':>10} {'std':>8} {'VAL@1e-3':>9} {'XNorm':>8}"
         )
+        for name, row in results["sets"].items():
+            lines.append(
+                f"{name:<20} {row['pairs']:>6} {row['accuracy']:>10.4f} "
+                f"{row['accuracy_std']:>8.4f} {row['val_at_far_1e-3']:>9.4f} {row['xnorm']:>8.3f}"
+            )
+    if results["ijb"]:
+        if lines:
+            lines.append("")
+        first = next(iter(results["ijb"].values()))
+        fars = list(first["tar_at_far"])
+        lines.append(f"{'IJB set':<8} {'pairs':>9} " + " ".join(f"{'TAR@' + f:>10}" for f in fars))
+        for name, row in results["ijb"].items():
+            tars = " ".join(f"{100 * row['tar_at_far'][far]:>10.2f}" for far in fars)
+            lines.append(f"{name:<8} {row['pairs']:>9} {tars}")
+        lines.append("(TAR in percent)")
+    return "\n".join(lines)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML and Markdown report of runs, with plots")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="search or retraining run folders")
+    p.add_argument("--bin", nargs="+", default=[], help="evaluate each run on these .bin files")
+    p.add_argument(
+        "--ijb", nargs="+", default=[], metavar="DIR", help="evaluate each run on these IJB folders"
+    )
+    p.add_argument(
+        "--out",
+        help="folder for the comparison of several runs (default: comparison/ in the current "
+        "folder); one run gets its report inside its own folder",
+    )
+    p.add_argument("--json", action="store_true", help="print the written files as one JSON object")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pocketnas.analysis.report import write_reports
+
+    written = write_reports(
+        args.runs,
+        comparison_dir=args.out,
+        bins=args.bin,
+        ijb=args.ijb,
+        show_progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({key: [str(p) for p in paths] for key, paths in written.items()}))
+        return 0
+    for paths in written.values():
+        for path in paths:
+            print(path)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The whole pipeline on synthetic face identities, sized for a laptop CPU.
 
-synth -> raw-pixel baseline -> search -> derive -> render -> retrain -> evaluate -> summary.
+synth -> raw-pixel baseline -> search -> derive -> render -> retrain -> evaluate -> run reports
+-> summary.
 Each stage writes into its own subfolder of the output folder, and `summary.json` is written last,
 atomically, so a folder with a summary contains a finished demo.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pocketnas.analysis.render import render_genotype
+from pocketnas.analysis.report import write_reports
+from pocketnas.analysis.runs import EVALUATION_FILE
 from pocketnas.config import DemoConfig, load_preset, to_dict
 from pocketnas.data.synth import synthesize
 from pocketnas.errors import PocketNasError
@@ -114,6 +117,13 @@ def run_demo(
     checkpoint = retrain.checkpoint
     evaluation = clock.run("evaluate", evaluate_checkpoint, checkpoint, [bin_path])
     result = evaluation["sets"][bin_path.stem]
+    atomic_write_json(retrain.run_dir / EVALUATION_FILE, evaluation)
+    reports = clock.run(
+        "report",
+        write_reports,
+        [search.run_dir, retrain.run_dir],
+        comparison_dir=out / "comparison",
+    )
 
     model = build_network(network_spec(genotype, config.retrain))
     at_demo_size = count_complexity(model, config.retrain.image_size)
@@ -148,6 +158,8 @@ def run_demo(
             "files": [str(p) for p in pictures.files],
         },
         "report": str(report_path),
+        "run_reports": [str(path) for path in reports["reports"] if path.suffix == ".html"],
+        "comparison": [str(path) for path in reports["comparison"] if path.suffix == ".html"],
         "seconds": {**clock.seconds, "total": round(time.perf_counter() - started, 2)},
         "config": to_dict(config),
     }
@@ -160,6 +172,10 @@ def _full_size(config: DemoConfig) -> Any:
     from dataclasses import replace
 
     return replace(config.retrain, image_size=112)
+
+
+def _relative(path: str, summary: dict[str, Any]) -> str:
+    return Path(path).relative_to(Path(summary["report"]).parent).as_posix()
 
 
 def _report(summary: dict[str, Any]) -> str:
@@ -179,6 +195,14 @@ def _report(summary: dict[str, Any]) -> str:
         "| stage | seconds |",
         "|---|---|",
         *[f"| {name} | {seconds} |" for name, seconds in summary["seconds"].items()],
+        "",
+        "Run reports, with figures (open in a browser): "
+        + ", ".join(
+            f"[{Path(p).parent.name}]({_relative(p, summary)})" for p in summary["run_reports"]
+        )
+        + ", and their [comparison]("
+        + ", ".join(_relative(p, summary) for p in summary["comparison"])
+        + ").",
         "",
         "Cells:",
         "",

@@ -64,8 +64,8 @@ class VerificationResult:
         best_thresholds: Distance threshold chosen for each fold's accuracy, shape (n_folds,).
         fold_accuracies: Test-fold accuracy of each fold, shape (n_folds,).
         xnorm: Mean L2 norm of the given (flip-summed) embeddings before normalisation.
-            NOTE: insightface's XNorm averages the norms of the plain and flipped embeddings
-            separately, so it is smaller than this value for the same network.
+            insightface's XNorm averages the norms of the plain and flipped embeddings
+            separately instead, and `pocketnas.evaluation.embeddings.verify` reports that.
         tpr: True positive rate at each of `ROC_THRESHOLDS`, averaged over the test folds.
         fpr: False positive rate at each of `ROC_THRESHOLDS`, averaged over the test folds.
     """

@@ -13,7 +13,7 @@ from pocketnas.search_space.genotype import Genotype
 
 PRESETS = Path(__file__).parent.parent / "fixtures" / "presets"
 
-STAGES = ("synth", "baseline", "search", "render", "retrain", "evaluate", "total")
+STAGES = ("synth", "baseline", "search", "render", "retrain", "evaluate", "report", "total")
 
 
 def _check_outputs(out: Path) -> dict:
@@ -29,6 +29,12 @@ def _check_outputs(out: Path) -> dict:
     assert (out / "search" / "checkpoints" / "last.pt").is_file()
     assert (out / "retrain" / "checkpoints" / "last.pt").is_file()
     assert (out / "report.md").is_file()
+    for run in ("search", "retrain"):
+        assert (out / run / "report.html").is_file()
+        assert (out / run / "plots" / "curves.png").is_file()
+    assert (out / "search" / "plots" / "cells.gif").is_file()
+    assert (out / "retrain" / "plots" / "roc.png").is_file()
+    assert (out / "comparison" / "comparison.html").is_file()
     return summary
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from pocketnas.errors import PocketNasError
 from pocketnas.evaluation._reference import reference_verification
+from pocketnas.evaluation.embeddings import VerificationSet, verify
 from pocketnas.evaluation.verification import (
     FAR_TARGET,
     ROC_THRESHOLDS,
@@ -296,3 +299,24 @@ def test_raw_pixel_embeddings_are_centred() -> None:
     np.testing.assert_allclose(
         embeddings[2] + images[2].mean(), images[2].reshape(-1).astype(np.float32), atol=1e-3
     )
+
+
+def test_verify_reports_insightface_xnorm() -> None:
+    """XNorm averages the norms of the plain and flipped embeddings, each on its own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 3, 5))
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(40, 4, 4, 3), dtype=np.uint8)
+    issame = np.arange(20) % 2 == 0
+    verification_set = VerificationSet("random", Path("random.bin"), images, issame)
+
+    result = verify(model, verification_set, batch_size=7)
+
+    plain = embed_images(model, images, flip=False)
+    flipped = embed_images(model, images[:, :, ::-1].copy(), flip=False)
+    norms = np.concatenate([np.linalg.norm(plain, axis=1), np.linalg.norm(flipped, axis=1)])
+    assert result.xnorm == pytest.approx(float(norms.mean()), rel=1e-6)
+    summed = evaluate_verification(embed_images(model, images, batch_size=7), issame)
+    assert result.accuracy == summed.accuracy
+    assert result.val == summed.val
+    assert result.xnorm < summed.xnorm  # the norm of a sum is at most the sum of the norms
