@@ -15,14 +15,15 @@ because the edges that read one state share work:
 - `none` contributes nothing and is never computed.
 
 Edge outputs are the softmax-weighted sums that DARTS defines, so both cells compute the same
-function; `FusedSearchCell.from_search_cell` copies the weights of a `SearchCell` across and the
-tests check outputs and gradients against it.
+function. `FusedSearchCell.from_search_cell` copies the weights of a `SearchCell` across, which
+the tests use to check outputs and gradients against the per-edge cell.
 """
 
 from __future__ import annotations
 
 import math
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,57 @@ def _depthwise_kernel(name: str) -> int | None:
 def _source_edges(source: int, nodes: int) -> list[int]:
     """Nodes that read state `source` (0 and 1 are the cell inputs, i >= 2 is node i - 2)."""
     return [node for node in range(nodes) if source < node + 2]
+
+
+def _depthwise(
+    activate: Callable[[], torch.Tensor], weight: torch.Tensor, kernel: int, stride: int
+) -> torch.Tensor:
+    """Depthwise convolution of `activate()`, recomputing that input in the backward pass.
+
+    The activated input is E times the size of the state it comes from, and the backward pass
+    can rebuild it with one cheap elementwise operation from tensors that are saved anyway.
+    Not saving it cuts about a quarter of the memory a search step keeps for its backward pass
+    (measured on the small benchmark supernet of `benchmarks/bench_search_step.py`).
+    """
+    activated = activate()
+    key = (activated.data_ptr(), activated.shape, activated.stride())
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if (tensor.data_ptr(), tensor.shape, tensor.stride()) == key:
+            return _RECOMPUTE
+        return tensor
+
+    def unpack(packed: Any) -> torch.Tensor:
+        return activate() if packed is _RECOMPUTE else packed
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        if kernel == 1:
+            return activated * weight.view(1, -1, 1, 1)
+        groups = weight.shape[0]
+        return F.conv2d(activated, weight, stride=stride, padding=kernel // 2, groups=groups)
+
+
+_RECOMPUTE = object()
+
+
+def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`scale * bn(x)` per channel for a BatchNorm without affine parameters, in one call."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            # A cumulative moving average, as nn.BatchNorm2d keeps with momentum=None.
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return F.batch_norm(
+        x,
+        bn.running_mean,
+        bn.running_var,
+        weight=scale,
+        bias=None,
+        training=bn.training or bn.running_mean is None,
+        momentum=momentum,
+        eps=bn.eps,
+    )
 
 
 class SourceOperations(nn.Module):
@@ -131,33 +183,32 @@ class SourceOperations(nn.Module):
             for slopes, kernel, depthwise in zip(
                 self.slopes, self.kernel_sizes, self.depthwise, strict=True
             ):
-                activated = positive - slopes.view(1, edges, channels, 1, 1) * negative
-                activated = activated.reshape(batch, edges * channels, height, width)
-                if kernel == 1:
-                    if self.stride != 1:
+
+                def activate(slopes: torch.Tensor = slopes, kernel: int = kernel) -> torch.Tensor:
+                    # PReLU of every edge: relu(x) - a * relu(-x), with the edge's slopes a.
+                    slope_view = slopes.view(1, edges, channels, 1, 1)
+                    activated = torch.addcmul(positive, slope_view, negative, value=-1.0)
+                    activated = activated.reshape(batch, edges * channels, height, width)
+                    if kernel == 1 and self.stride != 1:
                         activated = activated[:, :, :: self.stride, :: self.stride]
-                    outputs.append(activated * depthwise.view(1, -1, 1, 1))
-                else:
-                    outputs.append(
-                        F.conv2d(
-                            activated,
-                            depthwise,
-                            stride=self.stride,
-                            padding=kernel // 2,
-                            groups=edges * channels,
-                        )
-                    )
+                    return activated
+
+                outputs.append(_depthwise(activate, depthwise, kernel, self.stride))
             # Pointwise convolutions of every (kernel size, edge) group as one batched matmul.
             groups = len(self.kernel_sizes) * edges
             out_h, out_w = outputs[0].shape[-2:]
             stacked = torch.stack(outputs, dim=1).view(batch, groups, channels, out_h * out_w)
             mixed = torch.matmul(self.pointwise.view(groups, channels, channels), stacked)
-            mixed = cast(nn.BatchNorm2d, self.bn)(
-                mixed.view(batch, groups * channels, out_h, out_w)
+            # The architecture weights scale the normalised outputs, so they act as the
+            # BatchNorm's affine scale. That saves one tensor fewer than a separate product.
+            scale = weights[:, self.kernel_columns].t().reshape(groups, 1).expand(-1, channels)
+            mixed = _scaled_batch_norm(
+                cast(nn.BatchNorm2d, self.bn),
+                mixed.view(batch, groups * channels, out_h, out_w),
+                scale.reshape(-1),
             )
             mixed = mixed.view(batch, len(self.kernel_sizes), edges, channels, out_h, out_w)
-            kernel_weights = weights[:, self.kernel_columns].t()
-            parts.append((mixed * kernel_weights.reshape(1, -1, edges, 1, 1, 1)).sum(1))
+            parts.append(mixed.sum(1))
 
         if self.max_column >= 0:
             # PyTorch's CPU max pooling is several times faster on channels-last tensors.
