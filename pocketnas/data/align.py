@@ -44,8 +44,8 @@ def estimate_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         reflection).
 
     Raises:
-        ValueError: the shapes differ or are not (N, 2) with N >= 2, a value is not finite, or
-            all source points coincide.
+        ValueError: the shapes differ or are not (N, 2) with N >= 2, a value is not finite, all
+            source points coincide, or the points are so far apart that float64 overflows.
     """
     src = np.asarray(source, dtype=np.float64)
     dst = np.asarray(target, dtype=np.float64)
@@ -60,11 +60,16 @@ def estimate_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     dst_mean = dst.mean(axis=0)
     src_centered = src - src_mean
     dst_centered = dst - dst_mean
-    src_variance = (src_centered**2).sum() / len(src)
+    with np.errstate(over="ignore", invalid="ignore"):
+        src_variance = (src_centered**2).sum() / len(src)
+    if not np.isfinite(src_variance):
+        raise ValueError("the points are too far apart for a transform to be computed")
     if src_variance <= 1e-12:
         raise ValueError("the source points all coincide, so no transform is defined")
 
     covariance = dst_centered.T @ src_centered / len(src)
+    if not np.isfinite(covariance).all():
+        raise ValueError("the points are too far apart for a transform to be computed")
     u, singular_values, vt = np.linalg.svd(covariance)
     # Flip the last axis when the best orthogonal fit is a reflection, as Umeyama's method does.
     signs = np.ones(2)
@@ -86,11 +91,15 @@ def warp_affine(rgb: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> n
     Output pixels whose source lies outside the input are black. `size` is (height, width).
 
     Raises:
-        ValueError: the matrix is not an invertible 2x3 affine transform.
+        ValueError: the matrix is not a finite, invertible 2x3 affine transform.
     """
-    forward = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
-    if forward.shape != (3, 3) or abs(np.linalg.det(forward)) < 1e-12:
-        raise ValueError(f"expected an invertible 2x3 affine matrix, got {matrix!r}")
+    affine = np.asarray(matrix, dtype=np.float64)
+    if affine.shape != (2, 3):
+        raise ValueError(f"expected a 2x3 affine matrix, got shape {affine.shape}")
+    forward = np.vstack([affine, [0.0, 0.0, 1.0]])
+    # The message stays on one line because the command line prints it after a file name.
+    if not np.isfinite(forward).all() or abs(np.linalg.det(forward)) < 1e-12:
+        raise ValueError("the affine matrix is not finite and invertible")
     inverse = np.linalg.inv(forward)
     # Pillow samples output pixel centres at (x + 0.5, y + 0.5) and reads input pixel centres at
     # half-integers, so shift by half a pixel on both sides to keep pixel centres at integers.
@@ -117,10 +126,17 @@ def align_face(
 ) -> np.ndarray:
     """Crop and align a face to `size` from its five landmarks (x, y), in template order.
 
+    `landmarks` may be a (5, 2) array or the ten numbers x1 y1 ... x5 y5.
+
     Raises:
-        ValueError: the landmarks are not five finite (x, y) points, or they all coincide.
+        ValueError: the landmarks are not five finite (x, y) points, they all coincide, or they
+            are so far apart that float64 overflows.
     """
-    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
-    if points.shape != template.shape:
-        raise ValueError(f"expected {len(template)} (x, y) landmarks, got {points.shape[0]}")
+    values = np.asarray(landmarks, dtype=np.float64)
+    if values.size != template.size:
+        raise ValueError(
+            f"expected {len(template)} (x, y) landmarks ({template.size} numbers), "
+            f"got {values.size} numbers"
+        )
+    points = values.reshape(template.shape)
     return warp_affine(rgb, estimate_similarity(points, template), size)

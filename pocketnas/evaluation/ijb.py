@@ -39,11 +39,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pocketnas.data.align import ALIGNED_SIZE, ARCFACE_TEMPLATE_112, align_face
 from pocketnas.data.images import decode_image
 from pocketnas.errors import DataError, PocketNasError
-from pocketnas.evaluation.ijb_align import CROP_SIZE, align_face
 
 logger = logging.getLogger(__name__)
+
+CROP_SIZE = ALIGNED_SIZE[1]
+"""Side of the square aligned crop in pixels."""
 
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """False accept rates at which the true accept rate is reported."""
@@ -208,6 +211,8 @@ class AlignedCrops(Dataset[torch.Tensor]):
     def __init__(self, meta: IJBMeta, size: int = CROP_SIZE) -> None:
         self.meta = meta
         self.size = size
+        # A crop side other than 112 scales the template points by size / 112.
+        self.template = ARCFACE_TEMPLATE_112 * (size / CROP_SIZE)
 
     def __len__(self) -> int:
         return len(self.meta.image_names)
@@ -222,8 +227,10 @@ class AlignedCrops(Dataset[torch.Tensor]):
             raise DataError(path, f"cannot read the image ({exc.strerror})") from None
         rgb = decode_image(data, path=path)
         try:
-            crop = align_face(rgb, self.meta.landmarks[index], self.size)
-        except PocketNasError as exc:
+            crop = align_face(
+                rgb, self.meta.landmarks[index], self.template, (self.size, self.size)
+            )
+        except ValueError as exc:
             raise DataError(path, f"cannot align the face ({exc})") from None
         return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
 

@@ -87,6 +87,28 @@ def test_estimate_is_least_squares_under_noise() -> None:
         assert ((apply(trial, ARCFACE_TEMPLATE_112) - target) ** 2).sum() >= best - 1e-9
 
 
+def lstsq_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Solve u = a x - b y + tx, v = b x + a y + ty for (a, b, tx, ty) by linear least squares."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(source, target, strict=True):
+        rows.append([x, -y, 1.0, 0.0])
+        values.append(u)
+        rows.append([y, x, 0.0, 1.0])
+        values.append(v)
+    (a, b, tx, ty), *_ = np.linalg.lstsq(np.array(rows), np.array(values), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_estimate_matches_linear_least_squares(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    source = rng.uniform(0, 250, size=(5, 2))
+    target = ARCFACE_TEMPLATE_112 + rng.normal(scale=3.0, size=(5, 2))
+    np.testing.assert_allclose(
+        estimate_similarity(source, target), lstsq_similarity(source, target), atol=1e-9
+    )
+
+
 def test_estimate_never_reflects() -> None:
     mirrored = ARCFACE_TEMPLATE_112 * [-1.0, 1.0]
     estimated = estimate_similarity(mirrored, ARCFACE_TEMPLATE_112)
@@ -100,6 +122,19 @@ def test_estimate_rejects_degenerate_points() -> None:
         estimate_similarity(np.full((5, 2), np.nan), ARCFACE_TEMPLATE_112)
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         estimate_similarity(np.ones((5, 3)), ARCFACE_TEMPLATE_112)
+    # Finite but so large that the squared distances overflow float64.
+    with pytest.raises(ValueError, match="too far apart"):
+        estimate_similarity(ARCFACE_TEMPLATE_112 * 1e300, ARCFACE_TEMPLATE_112)
+
+
+def test_warp_rejects_bad_matrix() -> None:
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"got shape \(3, 3\)"):
+        warp_affine(rgb, np.eye(3), (4, 4))
+    with pytest.raises(ValueError, match=r"^the affine matrix is not finite and invertible$"):
+        warp_affine(rgb, np.zeros((2, 3)), (4, 4))
+    with pytest.raises(ValueError, match=r"^the affine matrix is not finite and invertible$"):
+        warp_affine(rgb, np.full((2, 3), np.inf), (4, 4))
 
 
 def test_warp_matches_plain_bilinear() -> None:
@@ -139,6 +174,37 @@ def test_align_face_puts_landmarks_on_template() -> None:
     assert aligned[mask].max() < 30
 
 
-def test_align_face_rejects_wrong_landmark_count() -> None:
-    with pytest.raises(ValueError, match="expected 5"):
-        align_face(np.zeros((8, 8, 3), np.uint8), np.zeros(8))
+def test_align_face_integer_shift_copies_pixels() -> None:
+    rng = np.random.default_rng(1)
+    canvas = rng.integers(0, 256, size=(160, 170, 3), dtype=np.uint8)
+    landmarks = ARCFACE_TEMPLATE_112 + np.array([17.0, 9.0])
+
+    crop = align_face(canvas, landmarks).astype(int)
+
+    # The estimated shift is exact up to float rounding, which Pillow's bilinear filter may turn
+    # into an off-by-one value. A half-pixel error would blend random neighbours instead.
+    difference = np.abs(crop - canvas[9 : 9 + 112, 17 : 17 + 112])
+    assert difference.max() <= 1
+
+
+def test_align_face_fills_outside_black() -> None:
+    rgb = np.full((112, 112, 3), 200, dtype=np.uint8)
+    # The face sits 60 pixels right of the template, so the right part of the crop has no source.
+    crop = align_face(rgb, ARCFACE_TEMPLATE_112 + np.array([60.0, 0.0]))
+    assert crop[50, 0].tolist() == [200, 200, 200]
+    assert crop[50, 111].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("landmarks", "message"),
+    [
+        (np.zeros(8), r"expected 5 \(x, y\) landmarks \(10 numbers\), got 8 numbers"),
+        (np.zeros((4, 2)), "got 8 numbers"),
+        (np.zeros(9), "got 9 numbers"),
+        (np.ones((5, 2)), "coincide"),
+        (np.full((5, 2), np.nan), "finite"),
+    ],
+)
+def test_align_face_rejects_bad_landmarks(landmarks: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        align_face(np.zeros((8, 8, 3), np.uint8), landmarks)

@@ -13,6 +13,7 @@ from torch import nn
 
 from pocketnas.cli import main
 from pocketnas.config import RetrainConfig
+from pocketnas.data.align import ARCFACE_TEMPLATE_112
 from pocketnas.errors import DataError
 from pocketnas.evaluation.ijb import (
     embed_ijb_images,
@@ -22,7 +23,6 @@ from pocketnas.evaluation.ijb import (
     tar_at_far,
     template_features,
 )
-from pocketnas.evaluation.ijb_align import ARCFACE_TEMPLATE
 from pocketnas.fileio import atomic_torch_save
 from pocketnas.retrain.train import build_network, network_spec
 from pocketnas.search_space.published import POCKETNET_GENOTYPE
@@ -63,7 +63,7 @@ def write_ijb(root: Path, name: str = "IJBB") -> Path:
     prefix = name.lower()
     (folder / "loose_crop").mkdir(parents=True)
     (folder / "meta").mkdir()
-    landmarks = (ARCFACE_TEMPLATE + np.array([20.0, 15.0])).ravel()
+    landmarks = (ARCFACE_TEMPLATE_112 + np.array([20.0, 15.0])).ravel()
     landmark_lines, face_lines = [], []
     for index, (colour, template, media, score) in enumerate(IMAGES):
         file_name = f"{index + 1}.png"  # lossless, so the colours and scores are exact
@@ -92,7 +92,7 @@ def test_reads_insightface_layout(tmp_path: Path) -> None:
     assert meta.templates.tolist() == [1, 1, 2, 3, 4, 4, 4, 5]
     assert meta.medias.tolist() == [10, 10, 20, 30, 40, 40, 41, 50]
     assert meta.detector_scores.tolist() == [1.0] * 6 + [0.5, 1.0]
-    shifted_template = ARCFACE_TEMPLATE + np.array([20.0, 15.0])
+    shifted_template = ARCFACE_TEMPLATE_112 + np.array([20.0, 15.0])
     np.testing.assert_allclose(meta.landmarks[0], shifted_template, atol=1e-4)
     assert meta.pairs.tolist() == [[a, b] for a, b, _ in PAIRS]
     assert meta.labels.tolist() == [label for *_, label in PAIRS]
@@ -232,6 +232,17 @@ def test_missing_image(tmp_path: Path) -> None:
     folder = write_ijb(tmp_path)
     (folder / "loose_crop" / "3.png").unlink()
     with pytest.raises(DataError, match=r"3\.png: IJB image not found"):
+        evaluate_ijb(ChannelMean(), folder)
+
+
+def test_coinciding_landmarks(tmp_path: Path) -> None:
+    folder = write_ijb(tmp_path)
+    landmark_file = folder / "meta" / "ijbb_name_5pts_score.txt"
+    lines = landmark_file.read_text().splitlines()
+    lines[2] = "3.png " + " ".join(["50.0"] * 10) + " 1.0"
+    landmark_file.write_text("\n".join(lines) + "\n")
+    expected = r"3\.png: cannot align the face \(the source points all coincide"
+    with pytest.raises(DataError, match=expected):
         evaluate_ijb(ChannelMean(), folder)
 
 
