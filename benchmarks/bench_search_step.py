@@ -23,8 +23,8 @@ Implementations, both computing the same DARTS step:
   implementations usually do.
 * pocketnas: the fused search cell and one shared training pass (`Architect.search_step`).
 
-The PocketNet authors' search code (github.com/fdbtrs/PocketNet) was measured on another 2-core
-machine by the maintainers at the small configuration:
+The PocketNet authors' search code was measured on another 2-core machine by pocketnas's
+maintainers at the small configuration:
 4.1 s per second-order step (1.7 s first order) with peaks of 1.15 GB (0.88 GB), and at the
 paper configuration 16-20 s per second-order step with a 5.2 GB peak. Those figures are printed
 beside the ratios for reference; they were not re-measured by this script.
