@@ -60,7 +60,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 def _add_retrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="retrain a genotype's network with ArcFace")
-    p.add_argument("--genotype", required=True, help="genotype JSON (or Genotype(...) text) file")
+    p.add_argument(
+        "--genotype",
+        help="genotype JSON (or Genotype(...) text) file (default: the preset's genotype)",
+    )
     p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", help="retraining preset name or YAML file (default: pocketnet-s128)")
@@ -304,12 +307,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from pocketnas.config import RetrainConfig, load_preset, override
-    from pocketnas.retrain.train import run_retrain
+    from pocketnas.retrain.train import config_genotype, run_retrain
     from pocketnas.search_space.genotype import load_genotype
 
-    genotype = load_genotype(args.genotype)
     config = load_preset(RetrainConfig, args.preset or "pocketnet-s128")
     config = override(config, **_run_overrides(args))
+    genotype = load_genotype(args.genotype) if args.genotype else config_genotype(config)
+    if genotype is None:
+        raise PocketNasError("the preset carries no genotype; give one with --genotype FILE")
     result = run_retrain(
         config,
         genotype,
@@ -450,7 +455,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_flops(args: argparse.Namespace) -> int:
     from pocketnas.config import RetrainConfig, load_preset, override
-    from pocketnas.retrain.train import build_network, network_spec
+    from pocketnas.retrain.train import build_network, config_genotype, network_spec
     from pocketnas.search_space.genotype import load_genotype
     from pocketnas.search_space.published import POCKETNET_GENOTYPE
     from pocketnas.tools.flops import count_complexity
@@ -468,8 +473,8 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         image_size=args.image_size,
     )
     config.validate()
-    genotype = load_genotype(args.genotype) if args.genotype else POCKETNET_GENOTYPE
-    model = build_network(network_spec(genotype, config))
+    genotype = load_genotype(args.genotype) if args.genotype else config_genotype(config)
+    model = build_network(network_spec(genotype or POCKETNET_GENOTYPE, config))
     complexity = count_complexity(model, config.image_size)
     result: dict[str, Any] = {
         "params": complexity.params,

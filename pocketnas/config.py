@@ -89,9 +89,14 @@ class RetrainConfig:
     steps_per_epoch: int | None = None
     workers: int = 2
     seed: int = 0
+    # The cell genotype in the authors' `Genotype(...)` text form, parsed and never evaluated;
+    # None means one must be given (`--genotype`).
+    genotype: str | None = None
 
     def validate(self) -> None:
         _check_positive(self, ("channels", "layers", "epochs", "batch_size", "image_size"))
+        if self.genotype is not None and not isinstance(self.genotype, str):
+            raise ConfigError(f"genotype must be Genotype(...) text, got {self.genotype!r}")
         if self.layers < 4:
             raise ConfigError(
                 f"layers must be at least 4 (three reduction cells), got {self.layers}"

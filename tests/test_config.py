@@ -76,3 +76,20 @@ def test_validate_rejects_bad_values():
         SearchConfig(order="third").validate()
     with pytest.raises(ConfigError, match="layers"):
         RetrainConfig(layers=3).validate()
+
+
+def test_pocketnet_presets_carry_published_genotype(published_preset, published):
+    from pocketnas.retrain.train import config_genotype
+    from pocketnas.search_space.genotype import Genotype
+
+    config = load_preset(RetrainConfig, published_preset)
+    assert config_genotype(config) == Genotype.from_dict(published["genotype"])
+
+
+def test_invalid_preset_genotype_rejected():
+    from pocketnas.errors import ConfigError
+    from pocketnas.retrain.train import config_genotype
+
+    config = RetrainConfig(genotype="__import__('os').system('true')")
+    with pytest.raises(ConfigError, match="genotype of the retraining config is invalid"):
+        config_genotype(config)

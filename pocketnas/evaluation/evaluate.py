@@ -22,7 +22,7 @@ from pocketnas.evaluation.embeddings import VerificationSet, verify
 from pocketnas.evaluation.ijb import evaluate_ijb
 from pocketnas.evaluation.verification import ROC_THRESHOLDS
 from pocketnas.fileio import load_checkpoint
-from pocketnas.retrain.train import build_network, network_spec
+from pocketnas.retrain.train import build_network, config_genotype, network_spec
 from pocketnas.search_space.genotype import Genotype
 from pocketnas.search_space.networks import SearchNetwork
 from pocketnas.search_space.published import POCKETNET_GENOTYPE
@@ -101,7 +101,8 @@ def load_network(
             f"{target}: a bare state dict does not record its network; pass --preset "
             "(for example pocketnet-s128)"
         )
-    model = build_network(network_spec(genotype or POCKETNET_GENOTYPE, config))
+    chosen = genotype or config_genotype(config) or POCKETNET_GENOTYPE
+    model = build_network(network_spec(chosen, config))
     missing, unexpected = _key_mismatch(model, state)
     if missing or unexpected:
         raise CheckpointError(

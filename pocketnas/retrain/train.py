@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pocketnas.config import RetrainConfig, save_config, to_dict
 from pocketnas.data.dataset import FaceRecordDataset
-from pocketnas.errors import CheckpointError, PocketNasError
+from pocketnas.errors import CheckpointError, ConfigError, PocketNasError
 from pocketnas.evaluation.embeddings import VerificationSet, verify
 from pocketnas.fileio import atomic_torch_save, load_checkpoint
 from pocketnas.retrain.heads import ArcFace
@@ -64,6 +64,16 @@ def network_spec(genotype: Genotype, config: RetrainConfig) -> dict[str, Any]:
         "embedding_size": config.embedding_size,
         "image_size": config.image_size,
     }
+
+
+def config_genotype(config: RetrainConfig) -> Genotype | None:
+    """Parse the genotype that a retraining preset carries, or return None when it has none."""
+    if config.genotype is None:
+        return None
+    try:
+        return Genotype.from_text(config.genotype)
+    except PocketNasError as exc:
+        raise ConfigError(f"genotype of the retraining config is invalid: {exc}") from None
 
 
 def build_network(spec: dict[str, Any]) -> FaceNetwork:

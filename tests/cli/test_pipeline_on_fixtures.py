@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pocketnas.cli import main
-from pocketnas.search_space.genotype import load_genotype
+from pocketnas.search_space.genotype import Genotype, load_genotype
+from pocketnas.search_space.published import POCKETNET_GENOTYPE
 
 PRESETS = Path(__file__).parent.parent / "fixtures" / "presets"
 
@@ -105,3 +107,24 @@ def test_inspect_fixture_lists_identities_and_images(mxnet_rec_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["identities"] == 6
     assert info["images"] == 30
+
+
+def test_retrain_takes_preset_genotype(tmp_path: Path, mxnet_rec_dir, capsys):
+    preset = tmp_path / "tiny-with-genotype.yaml"
+    text = (PRESETS / "tiny-retrain.yaml").read_text()
+    preset.write_text(text + f"genotype: {json.dumps(POCKETNET_GENOTYPE.to_text())}\n")
+    run = tmp_path / "retrain"
+    args = ["-q", "retrain", "--data", str(mxnet_rec_dir), "--out", str(run)]
+    assert main([*args, "--preset", str(preset)]) == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert Genotype.from_text(saved["genotype"]) == POCKETNET_GENOTYPE
+
+
+def test_retrain_without_any_genotype(tmp_path: Path, mxnet_rec_dir, capsys):
+    args = ["retrain", "--data", str(mxnet_rec_dir), "--out", str(tmp_path / "run")]
+    assert main([*args, "--preset", str(PRESETS / "tiny-retrain.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pocketnas: error: the preset carries no genotype; give one with --genotype FILE"
+    )
+    assert not (tmp_path / "run").exists()
