@@ -28,8 +28,8 @@ alike and the ratios stay comparable. Measured:
   beside numpy 2, so this part runs in a separate Python given by `--mxnet-python` or the
   POCKETNAS_MXNET_PYTHON environment variable, and is skipped with a note otherwise. It runs with
   MXNET_ENGINE_TYPE=NaiveEngine unless that variable is set: one image at a time, MXNet's default
-  threaded engine only adds hand-offs between threads, and on a busy 2-core machine it measured
-  5-35 % slower.
+  threaded engine only adds hand-offs between threads. On a 2-core virtual machine it was 5 to
+  45 % slower than NaiveEngine and varied more from run to run.
 * Decoding alone, for reference: the JPEG decoder pocketnas uses and Pillow.
 """
 
