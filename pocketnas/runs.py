@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from pocketnas.data.dataset import collate_faces
 from pocketnas.errors import PocketNasError
 from pocketnas.fileio import atomic_write_text
 
@@ -143,7 +144,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def training_loader(dataset: Any, batch_size: int, workers: int, seed: int) -> DataLoader:
-    """Shuffle with a seeded generator and drop the last partial batch (BatchNorm needs > 1)."""
+    """Shuffle with a seeded generator and drop the last partial batch (BatchNorm needs > 1).
+
+    `collate_faces` takes the face datasets' ready batches without a copy and stacks the samples
+    of any other dataset as torch's default collate does.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -151,6 +156,7 @@ def training_loader(dataset: Any, batch_size: int, workers: int, seed: int) -> D
         batch_size=min(batch_size, len(dataset)),
         shuffle=True,
         drop_last=True,
+        collate_fn=collate_faces,
         num_workers=workers,
         generator=generator,
         persistent_workers=workers > 0,

@@ -3,17 +3,23 @@
 Training samples are preprocessed as arcface_torch's `MXFaceDataset` does: RGB decode, random
 horizontal flip (p = 0.5) when training, then `x / 127.5 - 1` per channel, which equals
 torchvision's ToTensor followed by Normalize(mean 0.5, std 0.5).
+
+A DataLoader fetches a batch through the datasets' `__getitems__`, which writes every image
+straight into one NCHW batch tensor. With `collate_fn=collate_faces` that tensor becomes the
+batch as it is; torch's default collate also works but copies it once more.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from pocketnas.data.image_folder import ImageFolderSet
 from pocketnas.data.images import decode_image, resize_image
@@ -43,8 +49,8 @@ def preprocess_face(rgb: np.ndarray, flip: bool, normalize: bool = True) -> torc
     """Turn an HWC uint8 RGB image into a CHW tensor, flipped horizontally when `flip` is set.
 
     With `normalize` the result is float32 in [-1, 1], otherwise the uint8 values. The CHW tensor
-    is a permuted view of HWC memory (channels-last strides), which saves a copy. DataLoader's
-    collate stacks such tensors into an ordinary contiguous NCHW batch.
+    is a permuted view of HWC memory (channels-last strides), which saves a copy. `torch.stack`
+    turns such tensors into an ordinary contiguous NCHW batch.
     """
     tensor = torch.from_numpy(rgb)
     if flip:
@@ -53,8 +59,46 @@ def preprocess_face(rgb: np.ndarray, flip: bool, normalize: bool = True) -> torc
     return normalize_batch(tensor) if normalize else tensor
 
 
+class FaceSamples(list[tuple[torch.Tensor, torch.Tensor]]):
+    """(image, label) samples of one batch that are rows of the ready `images` and `labels`.
+
+    `collate_faces` returns the two batch tensors as they are. Any other collate function is given
+    an ordinary list of samples.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__(zip(images, labels, strict=True))
+        self.images = images
+        self.labels = labels
+
+
+def collate_faces(samples: list[Any]) -> Any:
+    """Collate a batch without copying when it comes from the face datasets' `__getitems__`.
+
+    Returns [images, labels] for FaceSamples, as torch's `default_collate` would after stacking,
+    and `default_collate(samples)` for anything else.
+    """
+    if isinstance(samples, FaceSamples):
+        return [samples.images, samples.labels]
+    return default_collate(samples)
+
+
+def _new_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Allocate an uninitialised batch, in shared memory inside a DataLoader worker.
+
+    A worker sends tensors to the main process through shared memory. Allocating the batch there
+    directly, as torch's default collate does, saves copying it into shared memory when it is sent.
+    NOTE: `UntypedStorage._new_shared` is private torch API (the call default_collate makes in
+    torch 2.13), so a torch upgrade may need this changed.
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
 class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Shared `__getitem__` of the face datasets: decode, check the size, flip, normalise.
+    """Item and batch reading shared by the face datasets: decode, check the size, flip, normalise.
 
     The flip draws from torch's global RNG, so `torch.manual_seed` and DataLoader worker seeding
     make it reproducible.
@@ -72,7 +116,7 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         """Return the file to blame for image `index` and how to name the image in it."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read_checked_rgb(self, index: int) -> np.ndarray:
         rgb = self._read_rgb(index)
         if rgb.shape[:2] != self.expected_size:
             path, name = self._describe(index)
@@ -81,16 +125,46 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 f"{name} is {rgb.shape[0]}x{rgb.shape[1]} pixels, but the set's images are "
                 f"{self.expected_size[0]}x{self.expected_size[1]}",
             )
+        return rgb
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = self._read_checked_rgb(index)
         flip = self.train and torch.rand(1).item() < 0.5
         label = torch.tensor(int(self.labels[index]), dtype=torch.int64)
         return preprocess_face(rgb, flip, self.normalize), label
+
+    def __getitems__(self, indices: list[int]) -> FaceSamples:
+        """Read a batch into one contiguous NCHW tensor. DataLoader calls this for each batch.
+
+        The images, labels and flips equal those of `[self[i] for i in indices]` stacked, because
+        on the CPU `torch.rand(n)` draws the same numbers as n calls of `torch.rand(1)`.
+        """
+        count = len(indices)
+        height, width = self.expected_size
+        flips = (torch.rand(count) < 0.5).tolist() if self.train else [False] * count
+        dtype = torch.float32 if self.normalize else torch.uint8
+        images = _new_batch((count, 3, height, width), dtype)
+        for row, (index, flip) in enumerate(zip(indices, flips, strict=True)):
+            image = torch.from_numpy(self._read_checked_rgb(index))
+            if flip:
+                image = image.flip(1)
+            # One strided pass turns HWC into CHW and, for float output, divides as well. The
+            # uint8 values are promoted to float32 first, as in `normalize_batch`.
+            if self.normalize:
+                torch.div(image.permute(2, 0, 1), 127.5, out=images[row])
+            else:
+                images[row].copy_(image.permute(2, 0, 1))
+        if self.normalize:
+            images.sub_(1.0)
+        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
+        return FaceSamples(images, labels)
 
 
 class FaceRecordDataset(_FaceImageDataset):
     """Images and class ids of a FaceRecordSet as (float32 CHW tensor, int64 label) pairs.
 
     Items are read at random through the `.idx` offsets. The dataset can be used in forked or
-    spawned DataLoader workers because the underlying reader opens its own file handle in each
+    spawned DataLoader workers because the underlying reader maps the `.rec` file anew in each
     process. An image whose size differs from `property` raises DataError with its record key,
     and inside a worker that error reaches the main process as a DataError with the same text.
 

@@ -11,9 +11,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pocketnas.data.dataset import FaceRecordDataset, load_verification_images, normalize_batch
+from pocketnas.data.dataset import (
+    FaceRecordDataset,
+    FaceSamples,
+    collate_faces,
+    load_verification_images,
+    normalize_batch,
+)
 from pocketnas.data.images import encode_jpeg
-from pocketnas.data.recordio import FaceRecordSet
+from pocketnas.data.recordio import FaceRecordSet, write_face_record_set
 from pocketnas.data.verification_bin import write_verification_bin
 from pocketnas.errors import DataError
 
@@ -76,6 +82,84 @@ def test_dataloader_with_forked_workers() -> None:
     )
     labels = torch.cat([batch_labels for _, batch_labels in loader])
     assert labels.tolist() == dataset.record_set.labels.tolist()
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_batch_equals_items_with_same_seed(normalize: bool) -> None:
+    dataset = FaceRecordDataset(FIXTURES / "no_header", train=True, normalize=normalize)
+    indices = [5, 0, 17, 3, 3, 29, 11, 8, 21, 14]
+    torch.manual_seed(7)
+    items = [dataset[index] for index in indices]
+    after_items = torch.rand(1)
+
+    torch.manual_seed(7)
+    samples = dataset.__getitems__(indices)
+    after_batch = torch.rand(1)
+
+    expected_images = torch.stack([image for image, _ in items])
+    expected_labels = torch.stack([label for _, label in items])
+    assert isinstance(samples, FaceSamples)
+    assert samples.images.is_contiguous()
+    assert samples.images.dtype == (torch.float32 if normalize else torch.uint8)
+    assert samples.labels.dtype == torch.int64
+    torch.testing.assert_close(samples.images, expected_images, rtol=0, atol=0)
+    assert samples.labels.tolist() == expected_labels.tolist()
+    assert len(samples) == len(indices)
+    torch.testing.assert_close(samples[2][0], expected_images[2], rtol=0, atol=0)
+    # Both ways draw one number per image, so the RNG ends in the same state.
+    assert torch.equal(after_items, after_batch)
+
+
+def test_collate_faces_keeps_batch_tensors() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False)
+    samples = dataset.__getitems__([0, 1, 2])
+
+    images, labels = collate_faces(samples)
+
+    assert images is samples.images
+    assert labels is samples.labels
+
+
+def test_collate_faces_stacks_plain_samples() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False)
+    samples = [dataset[0], dataset[4]]
+
+    images, labels = collate_faces(samples)
+
+    assert images.shape == (2, 3, 112, 112)
+    torch.testing.assert_close(images[1], dataset[4][0], rtol=0, atol=0)
+    assert labels.tolist() == [int(dataset.labels[0]), int(dataset.labels[4])]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_collate_faces_with_forked_workers(normalize: bool) -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False, normalize=normalize)
+    loader = DataLoader(
+        dataset,
+        batch_size=8,
+        num_workers=2,
+        multiprocessing_context="fork",
+        collate_fn=collate_faces,
+        timeout=60,
+    )
+
+    batches = list(loader)
+
+    images = torch.cat([batch_images for batch_images, _ in batches])
+    labels = torch.cat([batch_labels for _, batch_labels in batches])
+    expected = torch.stack([dataset[index][0] for index in range(len(dataset))])
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    assert labels.tolist() == dataset.record_set.labels.tolist()
+
+
+def test_batch_with_image_of_wrong_size_raises(tmp_path: Path) -> None:
+    small = encode_jpeg(np.zeros((8, 8, 3), dtype=np.uint8))
+    large = encode_jpeg(np.zeros((16, 8, 3), dtype=np.uint8))
+    write_face_record_set(tmp_path, [(0, small), (1, large)], num_classes=2, image_size=(8, 8))
+    dataset = FaceRecordDataset(tmp_path, train=False)
+
+    with pytest.raises(DataError, match=r"record key 2 is 16x8 pixels"):
+        dataset.__getitems__([0, 1])
 
 
 def test_dataset_pickles() -> None:

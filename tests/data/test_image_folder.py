@@ -78,6 +78,20 @@ def test_folder_dataset_flips_when_training(faces: Path) -> None:
     assert not all(lefts)
 
 
+def test_folder_dataset_batch_equals_items(faces: Path) -> None:
+    dataset = ImageFolderDataset(faces, train=True)
+    indices = [7, 0, 4, 2, 5, 1]
+    torch.manual_seed(3)
+    expected = torch.stack([dataset[index][0] for index in indices])
+
+    torch.manual_seed(3)
+    samples = dataset.__getitems__(indices)
+
+    assert samples.images.shape == (6, 3, 12, 10)
+    torch.testing.assert_close(samples.images, expected, rtol=0, atol=0)
+    assert samples.labels.tolist() == dataset.labels[indices].tolist()
+
+
 def test_folder_dataset_rejects_other_sizes(faces: Path) -> None:
     odd = faces / "alice" / "big.jpg"
     write_image(odd, 0, size=(20, 20))
