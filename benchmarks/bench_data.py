@@ -16,6 +16,9 @@ alike and the ratios stay comparable. Measured:
   through the `.idx` offset, decodes the JPEG to RGB, flips it at random and normalises it to a
   float32 CHW tensor in [-1, 1]. The uint8 row is the same with `normalize=False`, which leaves
   the normalisation to `normalize_batch` on whole batches (for example on the GPU).
+* pocketnas, 1 process, batch path: `FaceRecordDataset.__getitems__` on batches of 64 indices in
+  the same order, without a DataLoader, once with 1 decode thread and once with
+  `--decode-threads` threads (default 2). It writes each image into one float32 NCHW batch.
 * pocketnas DataLoader: the same datasets through a torch DataLoader with batches of 64 and
   `collate_fn=collate_faces`, in the main process (0 workers) and with N worker processes. Each
   batch is read by the dataset's `__getitems__` into one contiguous NCHW tensor. Workers are
@@ -99,6 +102,17 @@ def time_items(dataset: FaceRecordDataset, order: np.ndarray, repeats: int) -> f
     return fastest_pass(run_pass, repeats)
 
 
+def time_batches(dataset: FaceRecordDataset, order: np.ndarray, repeats: int) -> float:
+    """Time passes of `__getitems__` on batches of 64, as a DataLoader with 0 workers calls it."""
+    batches = [order[start : start + 64].tolist() for start in range(0, len(order), 64)]
+
+    def run_pass() -> None:
+        for batch in batches:
+            dataset.__getitems__(batch)
+
+    return fastest_pass(run_pass, repeats)
+
+
 def time_loader(
     dataset: FaceRecordDataset,
     order: np.ndarray,
@@ -164,6 +178,7 @@ def time_mxnet(
 def time_round(
     dataset: FaceRecordDataset,
     raw: FaceRecordDataset,
+    threaded: FaceRecordDataset,
     order: np.ndarray,
     payloads: list[bytes],
     workers: int,
@@ -176,6 +191,8 @@ def time_round(
         "decode_pillow": pillow_decode,
         "items": time_items(dataset, order, repeats),
         "items_uint8": time_items(raw, order, repeats),
+        "batches": time_batches(dataset, order, repeats),
+        "batches_threaded": time_batches(threaded, order, repeats),
         "loader_main": time_loader(dataset, order, 0, repeats),
         "loader_main_uint8": time_loader(raw, order, 0, repeats),
         "loader_workers": time_loader(dataset, order, workers, repeats),
@@ -185,7 +202,7 @@ def time_round(
 
 
 def print_rate(label: str, rate: float, note: str = "") -> None:
-    print(f"{label + ':':<40}{rate:8.0f} images/s" + (f"  ({note})" if note else ""))
+    print(f"{label + ':':<56}{rate:8.0f} images/s" + (f"  ({note})" if note else ""))
 
 
 def main() -> None:
@@ -201,6 +218,12 @@ def main() -> None:
         "--repeats", type=int, default=3, help="passes per reader and round (default 3)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all readers (default 3)")
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=2,
+        help="threads decoding each batch in the threaded batch row (default 2)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -208,8 +231,9 @@ def main() -> None:
         folder = Path(args.data) if args.data else Path(scratch) / "faces"
         if not args.data:
             synthesize(folder, 100, 20, pairs=2, seed=0, image_size=112, show_progress=False)
-        dataset = FaceRecordDataset(folder, train=True)
-        raw = FaceRecordDataset(folder, train=True, normalize=False)
+        dataset = FaceRecordDataset(folder, train=True, decode_threads=1)
+        raw = FaceRecordDataset(folder, train=True, normalize=False, decode_threads=1)
+        threaded = FaceRecordDataset(folder, train=True, decode_threads=args.decode_threads)
         order = np.random.default_rng(0).permutation(len(dataset))
         images = len(order)
         height, width = dataset.image_size
@@ -221,7 +245,9 @@ def main() -> None:
         best: dict[str, float] = {}
         mxnet_python, mxnet_version = args.mxnet_python, None
         for _ in range(args.rounds):
-            timings = time_round(dataset, raw, order, payloads, args.workers, args.repeats)
+            timings = time_round(
+                dataset, raw, threaded, order, payloads, args.workers, args.repeats
+            )
             if mxnet_python:
                 mxnet = time_mxnet(mxnet_python, folder, keys, args.repeats)
                 if mxnet is None:  # time_mxnet printed why, and other rounds would fail too
@@ -241,6 +267,15 @@ def main() -> None:
     print_rate("decode only, pillow", images / pillow_decode)
     print_rate("pocketnas, 1 process", images / one_process, "read + decode + flip + normalise")
     print_rate("pocketnas, 1 process, uint8", images / one_process_raw, "read + decode + flip")
+    batches, batches_threaded = best["batches"], best["batches_threaded"]
+    print_rate(
+        "pocketnas, 1 process, batch path", images / batches, "1 decode thread, batches of 64"
+    )
+    print_rate(
+        f"pocketnas, 1 process, batch path with {args.decode_threads} decode threads",
+        images / batches_threaded,
+        f"{batches / batches_threaded:.2f}x of 1 thread",
+    )
     print_rate("DataLoader, 0 workers", images / loader_main, "batches of 64")
     print_rate(
         f"DataLoader, {workers}", images / loader_workers, f"{loader_main / loader_workers:.2f}x"
@@ -270,6 +305,10 @@ def main() -> None:
     )
     ratio, ratio_raw = seconds / one_process, seconds / one_process_raw
     print(f"ratio pocketnas / MXNet, 1 process: {ratio:.2f} (uint8: {ratio_raw:.2f})")
+    print(
+        f"ratio pocketnas batch path / MXNet, 1 process: {seconds / batches:.2f} with 1 decode "
+        f"thread, {seconds / batches_threaded:.2f} with {args.decode_threads}"
+    )
     print(f"ratio pocketnas DataLoader {workers} / MXNet 1 process: {seconds / loader_workers:.2f}")
 
 

@@ -6,14 +6,18 @@ torchvision's ToTensor followed by Normalize(mean 0.5, std 0.5).
 
 A DataLoader fetches a batch through the datasets' `__getitems__`, which writes every image
 straight into one NCHW batch tensor. With `collate_fn=collate_faces` that tensor becomes the
-batch as it is; torch's default collate also works but copies it once more.
+batch as it is; torch's default collate also works but copies it once more. `FaceRecordDataset`
+can decode a batch's images on several threads, because simplejpeg releases the GIL while it
+decodes (checked with simplejpeg 1.9.0).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +112,52 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     normalize: bool
     labels: np.ndarray
     expected_size: tuple[int, int]
+    # Threads that decode one batch in `__getitems__`. None picks 2 in the main process and 1 in a
+    # DataLoader worker, because the worker processes already keep the cores busy.
+    # NOTE: 2 threads were 6 to 8 % slower than 1 on a 2-core machine with one core busy
+    # elsewhere (docs/data.md); their gain with a free core has not been measured yet.
+    decode_threads: int | None = 1
+    _pool: ThreadPoolExecutor | None = None
+    _pool_pid: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_pool", None)
+        state.pop("_pool_pid", None)
+        return state
+
+    def close(self) -> None:
+        """Shut down the decode threads of this process, if any; a later batch starts new ones."""
+        pool, started_here = self._pool, self._pool_pid == os.getpid()
+        self._pool, self._pool_pid = None, None
+        if pool is not None and started_here:
+            pool.shutdown(wait=True)
+
+    def _thread_count(self, count: int) -> int:
+        threads = self.decode_threads
+        if threads is None:
+            threads = 2 if get_worker_info() is None else 1
+        return max(1, min(threads, count))
+
+    def _decode_pool(self, threads: int) -> ThreadPoolExecutor:
+        """Return this process's decode pool, started on first use.
+
+        A forked child inherits the parent's pool object but none of its threads, so a pool
+        started in another process is dropped, never reused or shut down, and a new one starts.
+        """
+        if self._pool is not None and self._pool_pid == os.getpid():
+            if self._pool._max_workers >= threads:
+                return self._pool
+            self._pool.shutdown(wait=False)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pocketnas-decode")
+        self._pool_pid = os.getpid()
+        return self._pool
 
     def _read_rgb(self, index: int) -> np.ndarray:
         raise NotImplementedError
+
+    def _open_source(self) -> None:
+        """Open what `_read_rgb` reads in this process, before threads share it."""
 
     def _describe(self, index: int) -> tuple[Path, str]:
         """Return the file to blame for image `index` and how to name the image in it."""
@@ -144,9 +191,34 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         flips = (torch.rand(count) < 0.5).tolist() if self.train else [False] * count
         dtype = torch.float32 if self.normalize else torch.uint8
         images = _new_batch((count, 3, height, width), dtype)
-        for row, (index, flip) in enumerate(zip(indices, flips, strict=True)):
-            image = torch.from_numpy(self._read_checked_rgb(index))
-            if flip:
+        threads = self._thread_count(count)
+        if threads == 1:
+            self._fill_rows(images, indices, flips, 0, count)
+        else:
+            # Contiguous slices in row order: each thread stops at its first bad image, so the
+            # first error in slice order is the one the single-thread loop would raise.
+            bounds = [count * part // threads for part in range(threads + 1)]
+            self._open_source()
+            pool = self._decode_pool(threads)
+            futures: list[Future[None]] = [
+                pool.submit(self._fill_rows, images, indices, flips, start, stop)
+                for start, stop in itertools.pairwise(bounds)
+            ]
+            # Wait for every slice before raising, so no thread writes into a failed batch later.
+            errors = [future.exception() for future in futures]
+            for error in errors:
+                if error is not None:
+                    raise error
+        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
+        return FaceSamples(images, labels)
+
+    def _fill_rows(
+        self, images: torch.Tensor, indices: list[int], flips: list[bool], start: int, stop: int
+    ) -> None:
+        """Decode images `start` to `stop` of a batch into their rows of `images`."""
+        for row in range(start, stop):
+            image = torch.from_numpy(self._read_checked_rgb(indices[row]))
+            if flips[row]:
                 image = image.flip(1)
             # One strided pass turns HWC into CHW and, for float output, divides as well. The
             # uint8 values are promoted to float32 first, as in `normalize_batch`.
@@ -155,9 +227,7 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             else:
                 images[row].copy_(image.permute(2, 0, 1))
         if self.normalize:
-            images.sub_(1.0)
-        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
-        return FaceSamples(images, labels)
+            images[start:stop].sub_(1.0)
 
 
 class FaceRecordDataset(_FaceImageDataset):
@@ -170,14 +240,26 @@ class FaceRecordDataset(_FaceImageDataset):
 
     With `normalize=False` the images stay uint8 (a quarter of the bytes to pass from workers)
     and `normalize_batch` converts whole batches later, for example on the GPU.
+
+    `decode_threads` sets how many threads decode the images of one batch in `__getitems__`.
+    None uses 2 in the main process and 1 inside a DataLoader worker. Each process starts its own
+    threads on first use, and `close` stops them. Batches are the same for any thread count,
+    flips included, and a bad record raises the same DataError as with one thread.
     """
 
     def __init__(
-        self, folder: str | os.PathLike[str], train: bool = True, normalize: bool = True
+        self,
+        folder: str | os.PathLike[str],
+        train: bool = True,
+        normalize: bool = True,
+        decode_threads: int | None = None,
     ) -> None:
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1 or None, got {decode_threads}")
         self.record_set = FaceRecordSet(folder)
         self.train = train
         self.normalize = normalize
+        self.decode_threads = decode_threads
         self.labels = self.record_set.labels
         self.expected_size = self.record_set.image_size
 
@@ -196,6 +278,11 @@ class FaceRecordDataset(_FaceImageDataset):
 
     def _read_rgb(self, index: int) -> np.ndarray:
         return self.record_set.read_image(index)
+
+    def _open_source(self) -> None:
+        # Maps the `.rec` file now if this process has not yet, because two threads mapping it at
+        # once would close each other's map.
+        self.record_set.reader.rec_size  # noqa: B018
 
     def _describe(self, index: int) -> tuple[Path, str]:
         return self.record_set.rec_path, f"record key {self.record_set.image_keys[index]}"

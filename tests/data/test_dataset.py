@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,10 +132,9 @@ def test_collate_faces_stacks_plain_samples() -> None:
     assert labels.tolist() == [int(dataset.labels[0]), int(dataset.labels[4])]
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_collate_faces_with_forked_workers(normalize: bool) -> None:
-    dataset = FaceRecordDataset(FIXTURES, train=False, normalize=normalize)
-    loader = DataLoader(
+def forked_batch_loader(dataset: FaceRecordDataset) -> DataLoader[Any]:
+    """Return a loader of batches of 8 from 2 forked workers, collated by `collate_faces`."""
+    return DataLoader(
         dataset,
         batch_size=8,
         num_workers=2,
@@ -142,6 +142,12 @@ def test_collate_faces_with_forked_workers(normalize: bool) -> None:
         collate_fn=collate_faces,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_collate_faces_with_forked_workers(normalize: bool) -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False, normalize=normalize)
+    loader = forked_batch_loader(dataset)
 
     batches = list(loader)
 
@@ -160,6 +166,102 @@ def test_batch_with_image_of_wrong_size_raises(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"record key 2 is 16x8 pixels"):
         dataset.__getitems__([0, 1])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_batch_equals_single_thread(normalize: bool, threads: int) -> None:
+    single = FaceRecordDataset(FIXTURES, train=True, normalize=normalize, decode_threads=1)
+    threaded = FaceRecordDataset(FIXTURES, train=True, normalize=normalize, decode_threads=threads)
+    indices = [5, 0, 17, 3, 3, 29, 11, 8, 21, 14, 2]  # 11 rows: slices of unequal length
+    torch.manual_seed(3)
+    expected = single.__getitems__(indices)
+    after_single = torch.rand(1)
+
+    torch.manual_seed(3)
+    samples = threaded.__getitems__(indices)
+    after_threaded = torch.rand(1)
+
+    assert samples.images.dtype == expected.images.dtype
+    torch.testing.assert_close(samples.images, expected.images, rtol=0, atol=0)
+    assert samples.labels.tolist() == expected.labels.tolist()
+    assert torch.equal(after_single, after_threaded)
+    threaded.close()
+
+
+def test_threaded_batch_shorter_than_threads() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False, decode_threads=4)
+
+    samples = dataset.__getitems__([7])
+
+    torch.testing.assert_close(samples.images[0], dataset[7][0], rtol=0, atol=0)
+
+
+def test_decode_threads_below_one_raises() -> None:
+    with pytest.raises(ValueError, match="decode_threads must be at least 1"):
+        FaceRecordDataset(FIXTURES, decode_threads=0)
+
+
+def test_default_decode_threads_in_main_process() -> None:
+    dataset = FaceRecordDataset(FIXTURES)
+
+    assert dataset.decode_threads is None
+    assert dataset._thread_count(64) == 2
+
+
+def write_set_with_bad_records(folder: Path) -> None:
+    """Write six 8x8 images where index 3 is not an image and index 4 is 16x8 pixels."""
+    good = encode_jpeg(np.full((8, 8, 3), 90, dtype=np.uint8))
+    large = encode_jpeg(np.zeros((16, 8, 3), dtype=np.uint8))
+    payloads = [good, good, good, b"not an image", large, good]
+    write_face_record_set(folder, enumerate(payloads), num_classes=6, image_size=(8, 8))
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 1, 2, 5, 4, 3]])
+def test_threaded_batch_raises_first_bad_record(tmp_path: Path, order: list[int]) -> None:
+    write_set_with_bad_records(tmp_path)
+    single = FaceRecordDataset(tmp_path, train=False, decode_threads=1)
+    threaded = FaceRecordDataset(tmp_path, train=False, decode_threads=3)
+
+    with pytest.raises(DataError) as single_error:
+        single.__getitems__(order)
+    with pytest.raises(DataError) as threaded_error:
+        threaded.__getitems__(order)
+
+    first_bad_key = 1 + next(index for index in order if index in (3, 4))
+    assert f"record key {first_bad_key} " in str(single_error.value)
+    assert str(threaded_error.value) == str(single_error.value)
+    assert "\n" not in str(threaded_error.value)
+    # The pool survives the error and reads the next batch.
+    assert threaded.__getitems__([0, 5]).labels.tolist() == [0, 5]
+    threaded.close()
+
+
+@pytest.mark.parametrize("decode_threads", [None, 2])
+def test_threaded_batches_in_forked_workers(decode_threads: int | None) -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False, decode_threads=decode_threads)
+    # Starts this process's pool before the fork; the workers must start their own.
+    dataset.__getitems__([0, 1, 2, 3])
+    loader = forked_batch_loader(dataset)
+
+    images = torch.cat([batch_images for batch_images, _ in loader])
+
+    expected = torch.stack([dataset[index][0] for index in range(len(dataset))])
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    dataset.close()
+
+
+def test_threaded_dataset_pickles_and_closes() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=False, decode_threads=2)
+    before = dataset.__getitems__([0, 1, 2])
+
+    clone = pickle.loads(pickle.dumps(dataset))
+    dataset.close()
+
+    torch.testing.assert_close(clone.__getitems__([0, 1, 2]).images, before.images)
+    torch.testing.assert_close(dataset.__getitems__([0, 1, 2]).images, before.images)
+    clone.close()
+    dataset.close()
 
 
 def test_dataset_pickles() -> None:
