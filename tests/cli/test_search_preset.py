@@ -1,4 +1,4 @@
-"""The paper's search preset (second order, 112x112, 8 cells of 16 channels) runs end to end."""
+"""PocketNet's search preset (second order, 112x112, 8 cells of 16 channels) runs end to end."""
 
 from __future__ import annotations
 
