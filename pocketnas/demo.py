@@ -185,7 +185,7 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         f"Genotype: `{summary['genotype_text']}`",
         "",
-        f"- parameters: {summary['params']:,}",
+        f"- parameters: {summary['params']:,} (at 112x112: {summary['params_at_112']:,})",
         f"- MFLOPs at {summary['image_size']}x{summary['image_size']}: {summary['mflops']}"
         f" (at 112x112: {summary['mflops_at_112']})",
         f"- verification accuracy (unseen identities, {verification['pairs']} pairs, 10-fold): "

@@ -105,4 +105,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         ) from None
     except Exception as exc:  # torch raises many types for damaged files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{target}: not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(
+            f"{target}: not a readable checkpoint; it may be truncated or damaged ({first_line})"
+        ) from None

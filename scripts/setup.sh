@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up pocketnas on a fresh Debian/Ubuntu machine with Python 3.10+ and no GPU:
 # graphviz's `dot` program (when missing), a virtual environment in .venv, pinned dependencies
-# (the CPU build of PyTorch) and pocketnas itself in editable mode.
+# (PyTorch 2.13.0: pip takes the CPU build where one is on the package index or local disk, and
+# PyPI's CUDA build otherwise) and pocketnas itself in editable mode.
 #
 #   bash scripts/setup.sh         runtime dependencies
 #   bash scripts/setup.sh --dev   also the test and lint tools

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pocketnas.cli import main
 from pocketnas.data.recordio import write_face_record_set
@@ -134,7 +135,18 @@ def test_damaged_checkpoint(tmp_path, mxnet_rec_dir, capsys):
     args = ["eval", "--checkpoint", str(checkpoint), "--preset", "pocketnet-s128"]
     code, err = _run([*args, "--bin", str(mxnet_rec_dir / "tiny_pairs.bin")], capsys)
     assert code == 2
-    _assert_one_line(err, str(checkpoint))
+    _assert_one_line(err, str(checkpoint), "may be truncated or damaged")
+
+
+def test_cut_checkpoint(tmp_path, mxnet_rec_dir, capsys):
+    whole = tmp_path / "whole.pt"
+    torch.save({"weight": torch.ones(1000)}, whole)
+    checkpoint = tmp_path / "cut.pt"
+    checkpoint.write_bytes(whole.read_bytes()[:2000])
+    args = ["eval", "--checkpoint", str(checkpoint), "--preset", "pocketnet-s128"]
+    code, err = _run([*args, "--bin", str(mxnet_rec_dir / "tiny_pairs.bin")], capsys)
+    assert code == 2
+    _assert_one_line(err, str(checkpoint), "may be truncated or damaged")
 
 
 def test_process_exit_has_no_traceback(tmp_path):
