@@ -53,7 +53,28 @@ class MixedOp(nn.Module):
         return out
 
 
-class SearchCell(nn.Module):
+class SearchCellBase(nn.Module):
+    """Inputs and settings shared by the search cells: `nodes`, `reduction`, preprocessing."""
+
+    def __init__(
+        self,
+        nodes: int,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.preproc0, self.preproc1 = _preprocess(
+            c_prev_prev, c_prev, channels, reduction_prev, affine=False
+        )
+        self.out_channels = channels * nodes
+
+
+class SearchCell(SearchCellBase):
     """A DARTS cell whose every edge is a `MixedOp`."""
 
     def __init__(
@@ -66,12 +87,7 @@ class SearchCell(nn.Module):
         reduction_prev: bool,
         primitives: tuple[str, ...],
     ) -> None:
-        super().__init__()
-        self.reduction = reduction
-        self.nodes = nodes
-        self.preproc0, self.preproc1 = _preprocess(
-            c_prev_prev, c_prev, channels, reduction_prev, affine=False
-        )
+        super().__init__(nodes, c_prev_prev, c_prev, channels, reduction, reduction_prev)
         self.dag = nn.ModuleList()
         for node in range(nodes):
             edges = nn.ModuleList()
@@ -79,7 +95,6 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and source < 2 else 1
                 edges.append(MixedOp(channels, stride, primitives))
             self.dag.append(edges)
-        self.out_channels = channels * nodes
 
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: list[torch.Tensor]

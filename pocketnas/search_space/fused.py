@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketnas.search_space.cells import MixedOp, SearchCell, _preprocess
+from pocketnas.search_space.cells import MixedOp, SearchCell, SearchCellBase
 from pocketnas.search_space.operations import (
     DepthwiseSeparableConv,
     FactorizedReduce,
@@ -250,7 +250,7 @@ class SourceOperations(nn.Module):
         return total
 
 
-class FusedSearchCell(nn.Module):
+class FusedSearchCell(SearchCellBase):
     """A DARTS search cell that computes all edges leaving one state together.
 
     It takes and returns the same tensors as `SearchCell` and has the same number of weights.
@@ -266,18 +266,12 @@ class FusedSearchCell(nn.Module):
         reduction_prev: bool,
         primitives: tuple[str, ...],
     ) -> None:
-        super().__init__()
-        self.reduction = reduction
-        self.nodes = nodes
-        self.preproc0, self.preproc1 = _preprocess(
-            c_prev_prev, c_prev, channels, reduction_prev, affine=False
-        )
+        super().__init__(nodes, c_prev_prev, c_prev, channels, reduction, reduction_prev)
         self.sources = nn.ModuleList()
         for source in range(nodes + 1):
             stride = 2 if reduction and source < 2 else 1
             edges = len(_source_edges(source, nodes))
             self.sources.append(SourceOperations(channels, stride, edges, tuple(primitives)))
-        self.out_channels = channels * nodes
 
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: list[torch.Tensor]
