@@ -114,8 +114,8 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     expected_size: tuple[int, int]
     # Threads that decode one batch in `__getitems__`. None picks 2 in the main process and 1 in a
     # DataLoader worker, because the worker processes already keep the cores busy.
-    # NOTE: 2 threads were 6 to 8 % slower than 1 on a 2-core machine with one core busy
-    # elsewhere (docs/data.md); their gain with a free core has not been measured yet.
+    # NOTE: on a 2-core machine, 2 threads read 1.40 times as fast as 1 when both cores were free,
+    # but 6 to 8 % slower when another job kept one core busy (docs/data.md).
     decode_threads: int | None = 1
     _pool: ThreadPoolExecutor | None = None
     _pool_pid: int | None = None

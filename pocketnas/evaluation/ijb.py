@@ -16,7 +16,7 @@ The protocol follows insightface's `evaluation/IJB/eval_ijbc.py`:
 1. Each image is aligned to the 112x112 ArcFace crop with its five landmarks. The network embeds
    the crop and its horizontal flip, and the two embeddings are summed.
 2. The image embedding keeps its norm, which carries image quality, and is multiplied by the
-   detector score (insightface's default test mode; both can be switched off).
+   detector score. This is insightface's default test mode, and both steps can be switched off.
 3. Within a template, the embeddings of the images of one media are averaged, the media
    embeddings are summed, and the sum is L2-normalised.
 4. The score of a template pair is the cosine of its two template embeddings. The ROC is the one
@@ -289,7 +289,7 @@ def image_features(
         flipped: Embeddings of their flips, added when given (test mode F1).
         detector_scores: Detector score per image, (N,).
         normalise: L2-normalise each image first, which discards the norm (N0 instead of N1).
-        detector_weighting: Multiply each image by its detector score (D1).
+        detector_weighting: Multiply each image by its detector score (insightface's mode D1).
     """
     features = np.asarray(plain, dtype=np.float64)
     if flipped is not None:

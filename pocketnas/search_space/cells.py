@@ -48,7 +48,7 @@ class MixedOp(nn.Module):
             if not isinstance(op, Zero):
                 out = w * op(x) if out is None else out + w * op(x)
         if out is None:
-            # Every candidate is `none`: the edge outputs zeros at its stride.
+            # Every candidate is `none`, so the edge outputs zeros at its stride.
             return self.ops[0](x)
         return out
 

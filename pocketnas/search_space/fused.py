@@ -1,4 +1,4 @@
-"""A faster search cell: the same supernet as `SearchCell`, computed per input state.
+"""A faster search cell that computes the same supernet as `SearchCell` per input state.
 
 `SearchCell` runs every candidate operation of every edge as its own module, which costs a few
 hundred small kernel calls per cell. This cell computes the same function with far fewer calls,
@@ -200,7 +200,8 @@ class SourceOperations(nn.Module):
             stacked = torch.stack(outputs, dim=1).view(batch, groups, channels, out_h * out_w)
             mixed = torch.matmul(self.pointwise.view(groups, channels, channels), stacked)
             # The architecture weights scale the normalised outputs, so they act as the
-            # BatchNorm's affine scale. That saves one tensor fewer than a separate product.
+            # BatchNorm's affine scale. This keeps one tensor fewer for the backward pass than a
+            # separate product would.
             scale = weights[:, self.kernel_columns].t().reshape(groups, 1).expand(-1, channels)
             mixed = _scaled_batch_norm(
                 cast(nn.BatchNorm2d, self.bn),
@@ -241,7 +242,7 @@ class SourceOperations(nn.Module):
             parts.append(torch.stack(cast(list[torch.Tensor], per_edge), dim=1))
 
         if not parts:
-            # Only `none` on these edges: every edge outputs zeros at the edge's stride.
+            # Only `none` is on these edges, so every edge outputs zeros at the edge's stride.
             shape = (batch, edges, channels, -(-height // self.stride), -(-width // self.stride))
             return x.new_zeros(shape)
         total = parts[0]

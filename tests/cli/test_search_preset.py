@@ -12,7 +12,7 @@ from pocketnas.search_space.genotype import load_genotype
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch_gradient", ["darts", "authors"])
-def test_pocketnet_search_preset_on_mxnet_fixtures(tmp_path, mxnet_rec_dir, arch_gradient):
+def test_search_preset_on_fixtures(tmp_path, mxnet_rec_dir, arch_gradient):
     run = tmp_path / "search"
     args = ["-q", "search", "--preset", "pocketnet-search", "--order", "second"]
     args += ["--data", str(mxnet_rec_dir), "--out", str(run), "--epochs", "1"]

@@ -1,4 +1,4 @@
-"""IJB-B/C 1:1 verification on tiny sets in insightface's layout with hand-computed answers."""
+"""IJB-B/C 1:1 verification on tiny sets in insightface's layout, against hand-computed values."""
 
 from __future__ import annotations
 
