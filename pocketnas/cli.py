@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_retrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("retrain", help="retrain a genotype's network with ArcFace")
+    p = sub.add_parser(
+        "retrain",
+        help="retrain a genotype's network or an IResNet teacher with a margin head",
+        description="Train from scratch with ArcFace, CosFace or the combined margin, optionally "
+        "distilling from a teacher. Runs under torchrun for several processes (NCCL on GPUs, "
+        "gloo on CPUs); only rank 0 writes. --resume continues a run to the exact step.",
+    )
     p.add_argument(
         "--genotype",
         help="genotype JSON (or Genotype(...) text) file (default: the preset's genotype)",
@@ -67,7 +74,41 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", help="retraining preset name or YAML file (default: pocketnet-s128)")
-    p.add_argument("--bin", nargs="*", default=[], help="verification .bin files for each epoch")
+    p.add_argument("--bin", nargs="*", default=[], help="verification .bin files")
+    p.add_argument(
+        "--arch",
+        choices=["derived", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"],
+        help="network: the genotype's derived network, or an IResNet teacher",
+    )
+    p.add_argument("--embedding-size", type=int, help="embedding dimension")
+    p.add_argument("--head", choices=["arcface", "cosface", "combined"], help="margin head")
+    p.add_argument("--margin-s", type=float, help="logit scale s")
+    p.add_argument("--margin-m", type=float, help="ArcFace or CosFace margin m")
+    p.add_argument(
+        "--kd",
+        choices=["none", "template", "multi-step"],
+        help="knowledge distillation: one fixed teacher, or the teacher's checkpoint of each epoch",
+    )
+    p.add_argument(
+        "--teacher",
+        help="template: teacher checkpoint file; multi-step: the teacher's run folder",
+    )
+    p.add_argument(
+        "--teacher-arch", help="architecture of a bare teacher state dict (e.g. iresnet100)"
+    )
+    p.add_argument("--kd-weight", type=float, help="weight of the distillation loss (default 100)")
+    p.add_argument("--lr", type=float, help="learning rate for the reference batch")
+    p.add_argument("--schedule", choices=["step", "cosine"], help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--eval-every", type=int, help="verification every N steps, besides epochs")
+    p.add_argument("--checkpoint-every", type=int, help="write checkpoints/last.pt every N steps")
+    p.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic kernels"
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_retrain)
 
@@ -311,10 +352,32 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from pocketnas.search_space.genotype import load_genotype
 
     config = load_preset(RetrainConfig, args.preset or "pocketnet-s128")
-    config = override(config, **_run_overrides(args))
-    genotype = load_genotype(args.genotype) if args.genotype else config_genotype(config)
-    if genotype is None:
-        raise PocketNasError("the preset carries no genotype; give one with --genotype FILE")
+    config = override(
+        config,
+        **_run_overrides(args),
+        arch=args.arch,
+        embedding_size=args.embedding_size,
+        head=args.head,
+        margin_s=args.margin_s,
+        margin_m=args.margin_m,
+        kd=args.kd,
+        teacher=args.teacher,
+        teacher_arch=args.teacher_arch,
+        kd_weight=args.kd_weight,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        precision=args.precision,
+        device=args.device,
+        eval_every_steps=args.eval_every,
+        checkpoint_every_steps=args.checkpoint_every,
+        deterministic=args.deterministic,
+    )
+    genotype = None
+    if config.arch == "derived":
+        genotype = load_genotype(args.genotype) if args.genotype else config_genotype(config)
+        if genotype is None:
+            raise PocketNasError("the preset carries no genotype; give one with --genotype FILE")
     result = run_retrain(
         config,
         genotype,
@@ -324,10 +387,11 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         resume=args.resume,
         show_progress=not args.quiet,
     )
-    print(f"checkpoint: {result.checkpoint}")
-    for key, value in result.metrics.items():
-        if key.endswith("_accuracy"):
-            print(f"{key}: {value:.4f}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {result.checkpoint}")
+        for key, value in result.metrics.items():
+            if key.endswith("_accuracy"):
+                print(f"{key}: {value:.4f}")
     return 0
 
 
@@ -531,16 +595,29 @@ def _one_line(exc: BaseException) -> str:
     return lines[0]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not the stream of its creation."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.INFO
     if verbose:
         level = logging.DEBUG
     elif quiet:
         level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    # main() may run many times in one process (tests, notebooks): replace the earlier handler.
+    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(old)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setLevel(level)
     logger.addHandler(handler)
-    logger.setLevel(level)
+    # A run folder's log.txt gets INFO records even when the terminal is quiet.
+    logger.setLevel(min(level, logging.INFO))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

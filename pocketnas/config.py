@@ -69,32 +69,57 @@ class SearchConfig:
 class RetrainConfig:
     """Retraining settings. Defaults are PocketNet's MS1MV2 schedule for PocketNetS-128."""
 
+    # "derived": the network of a cell genotype (PocketNet); "iresnet18" ... "iresnet200": an
+    # IResNet, as the teachers of knowledge distillation.
+    arch: str = "derived"
     channels: int = 16
     layers: int = 18
     stem_multiplier: int = 4
     embedding_size: int = 128
     image_size: int = 112
     epochs: int = 26
-    batch_size: int = 128
-    lr: float = 0.1  # for a global batch of 512; scaled linearly with the real batch
+    batch_size: int = 128  # per process; the global batch is batch_size * processes
+    lr: float = 0.1  # for a global batch of lr_reference_batch; scaled linearly with the real one
     lr_reference_batch: int = 512
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "step"  # "step": divide by 1/lr_gamma at milestones; "cosine": to lr_min
     milestones: list[int] = field(default_factory=lambda: [8, 14, 20, 25])  # epochs, lr / 10
     lr_gamma: float = 0.1
+    lr_min: float = 0.0  # end of the cosine schedule, as a fraction of the base learning rate
     warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
-    grad_clip: float = 5.0
-    margin_s: float = 64.0  # ArcFace scale
-    margin_m: float = 0.5  # ArcFace additive angular margin (radians)
-    steps_per_epoch: int | None = None
+    grad_clip: float = 5.0  # gradient-norm clip; 0 turns it off
+    head: str = "arcface"  # "arcface", "cosface" or "combined"
+    margin_s: float = 64.0  # logit scale
+    margin_m: float = 0.5  # ArcFace angular margin (radians) or CosFace cosine margin
+    combined_margins: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.0])  # m1, m2, m3
+    easy_margin: bool = False
+    # Knowledge distillation: "none", "template" (one fixed teacher) or "multi-step" (student
+    # epoch e learns from the teacher's checkpoint of epoch e).
+    kd: str = "none"
+    kd_weight: float = 100.0  # weight of the MSE between L2-normalised embeddings
+    # "template": a checkpoint file; "multi-step": the teacher's run folder, which holds
+    # checkpoints/epoch_NNN.pt
+    teacher: str | None = None
+    teacher_arch: str | None = None  # architecture of a bare teacher state dict, e.g. iresnet100
+    steps_per_epoch: int | None = None  # cap on steps per epoch (None: one pass over the data)
+    eval_every_steps: int | None = None  # verification every N steps, besides each epoch's end
+    checkpoint_every_steps: int | None = None  # checkpoints/last.pt every N steps, besides epochs
+    log_every_steps: int = 20  # loss and speed to the progress bar and TensorBoard
+    precision: str = "auto"  # "auto" (bf16 on GPUs that have it, else fp32), "fp32", "bf16", "fp16"
+    channels_last: bool = True
+    device: str = "auto"  # "auto" (the local GPU if any), "cpu", "cuda"
+    deterministic: bool = False  # deterministic kernels (for exact resume on GPUs)
     workers: int = 2
     seed: int = 0
     # The cell genotype in the authors' `Genotype(...)` text form, parsed and never evaluated;
-    # None means one must be given (`--genotype`).
+    # None means one must be given (`--genotype`) for the derived network.
     genotype: str | None = None
 
     def validate(self) -> None:
-        _check_positive(self, ("channels", "layers", "epochs", "batch_size", "image_size"))
+        _check_positive(
+            self, ("channels", "layers", "epochs", "batch_size", "image_size", "log_every_steps")
+        )
         if self.genotype is not None and not isinstance(self.genotype, str):
             raise ConfigError(f"genotype must be Genotype(...) text, got {self.genotype!r}")
         if self.layers < 4:
@@ -103,6 +128,32 @@ class RetrainConfig:
             )
         if self.embedding_size <= 0:
             raise ConfigError(f"embedding_size must be positive, got {self.embedding_size}")
+        archs = ("derived", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
+        _check_choice(self, "arch", archs)
+        _check_choice(self, "schedule", ("step", "cosine"))
+        _check_choice(self, "head", ("arcface", "cosface", "combined"))
+        _check_choice(self, "kd", ("none", "template", "multi-step"))
+        _check_choice(self, "precision", ("auto", "fp32", "bf16", "fp16"))
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.arch.startswith("iresnet") and self.image_size % 16:
+            raise ConfigError(
+                f"{self.arch} needs an image_size divisible by 16, got {self.image_size}"
+            )
+        if len(self.combined_margins) != 3:
+            raise ConfigError(
+                f"combined_margins must be [m1, m2, m3], got {self.combined_margins!r}"
+            )
+        if self.kd != "none" and not self.teacher:
+            raise ConfigError(f"kd {self.kd!r} needs a teacher (--teacher)")
+        for name in ("steps_per_epoch", "eval_every_steps", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warmup_epochs must lie in [0, epochs), got {self.warmup_epochs}")
+        if self.kd_weight < 0 or self.grad_clip < 0 or self.lr <= 0:
+            raise ConfigError("lr must be positive, and kd_weight and grad_clip not negative")
 
 
 @dataclass
@@ -127,6 +178,12 @@ class DemoConfig:
 
 
 ConfigT = TypeVar("ConfigT", SearchConfig, RetrainConfig, DemoConfig, SynthConfig)
+
+
+def _check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_positive(config: Any, names: tuple[str, ...]) -> None:

@@ -83,8 +83,11 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> Any:
     """Load a checkpoint with `weights_only=True`, so that the file can run no code.
+
+    With `mmap` the tensors of a zip-format checkpoint are mapped, not read, which makes looking
+    at the shapes of many large checkpoints cheap; older formats are read in full.
 
     Raises:
         CheckpointError: the file is missing, truncated or contains objects other than tensors and
@@ -97,6 +100,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         with warnings.catch_warnings():
             # torch warns about unusual pickle protocols before failing, and the error covers it.
             warnings.simplefilter("ignore")
+            if mmap:
+                try:
+                    return torch.load(target, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
             return torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(

@@ -74,10 +74,7 @@ class RunFolder:
             self._log_handler = None
 
     def _read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
-            return []
-        with self.metrics_path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        return CsvLog(self.metrics_path).rows
 
     def keep_metrics_until(self, epoch: int) -> None:
         """Drop metric rows of epochs after `epoch` (work lost by an interruption)."""
@@ -86,15 +83,42 @@ class RunFolder:
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append a row and rewrite metrics.csv atomically."""
         self._rows.append(row)
-        fields: list[str] = []
-        for existing in self._rows:
-            fields.extend(k for k in existing if k not in fields)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for existing in self._rows:
-            writer.writerow({k: _format_value(v) for k, v in existing.items()})
-        atomic_write_text(self.metrics_path, buffer.getvalue())
+        write_csv(self.metrics_path, self._rows)
+
+
+class CsvLog:
+    """A CSV file of rows that is rewritten atomically after each appended row.
+
+    Rows read back from an existing file hold strings; the union of all rows' keys is the header.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with self.path.open(newline="", encoding="utf-8") as handle:
+                self.rows = list(csv.DictReader(handle))
+
+    def keep(self, column: str, last: float) -> None:
+        """Drop the rows whose `column` is above `last` (work lost by an interruption)."""
+        self.rows = [row for row in self.rows if float(row[column]) <= last]
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        write_csv(self.path, self.rows)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write `rows` (the union of their keys as the header) to `path` atomically."""
+    fields: list[str] = []
+    for existing in rows:
+        fields.extend(k for k in existing if k not in fields)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for existing in rows:
+        writer.writerow({k: _format_value(v) for k, v in existing.items()})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _format_value(value: Any) -> Any:

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from pocketnas.data.image_folder import ImageFolderSet
 from pocketnas.data.images import decode_image, resize_image
 from pocketnas.data.recordio import FaceRecordSet
+from pocketnas.data.samplers import BatchPlan
 from pocketnas.data.verification_bin import load_verification_bin
 from pocketnas.errors import DataError
 
@@ -180,15 +181,27 @@ class _FaceImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         label = torch.tensor(int(self.labels[index]), dtype=torch.int64)
         return preprocess_face(rgb, flip, self.normalize), label
 
-    def __getitems__(self, indices: list[int]) -> FaceSamples:
+    def __getitems__(self, indices: list[int] | BatchPlan) -> FaceSamples:
         """Read a batch into one contiguous NCHW tensor. DataLoader calls this for each batch.
 
-        The images, labels and flips equal those of `[self[i] for i in indices]` stacked, because
-        on the CPU `torch.rand(n)` draws the same numbers as n calls of `torch.rand(1)`.
+        Given indices, the images, labels and flips equal those of `[self[i] for i in indices]`
+        stacked, because on the CPU `torch.rand(n)` draws the same numbers as n calls of
+        `torch.rand(1)`. Given a `BatchPlan` (from `EpochBatchSampler`), the plan's flips are used
+        (when `train` is set), so the batch does not depend on any random state.
         """
+        if isinstance(indices, BatchPlan):
+            flips = list(indices.flips) if self.train else [False] * len(indices.indices)
+            return self.read_batch(list(indices.indices), flips)
         count = len(indices)
-        height, width = self.expected_size
         flips = (torch.rand(count) < 0.5).tolist() if self.train else [False] * count
+        return self.read_batch(indices, flips)
+
+    def read_batch(self, indices: list[int], flips: list[bool]) -> FaceSamples:
+        """Read images `indices`, mirrored where `flips` is True, into one NCHW batch."""
+        count = len(indices)
+        if len(flips) != count:
+            raise ValueError(f"{count} indices but {len(flips)} flips")
+        height, width = self.expected_size
         dtype = torch.float32 if self.normalize else torch.uint8
         images = _new_batch((count, 3, height, width), dtype)
         threads = self._thread_count(count)

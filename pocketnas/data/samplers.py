@@ -1,8 +1,13 @@
 """Batch samplers for face training sets.
 
 torch's own `DistributedSampler` works with the face datasets unchanged, because they support
-`len()` and random access by index. This module adds identity-balanced batches: P identities with
-K images each, as metric-learning losses and per-identity statistics need.
+`len()` and random access by index. This module adds:
+
+- `EpochBatchSampler`: shuffled batches that depend only on (seed, epoch), with each image's flip
+  decided by the sampler, split over distributed ranks and able to start in the middle of an
+  epoch, which is what resuming a run to the exact step needs;
+- `IdentityBalancedBatchSampler`: P identities with K images each, as metric-learning losses and
+  per-identity statistics need.
 """
 
 from __future__ import annotations
@@ -10,11 +15,88 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Sampler
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The dataset indices of one batch and whether each image is mirrored.
+
+    The face datasets' `__getitems__` reads a plan as it comes from the sampler, so the batch does
+    not depend on any random state of the process (or DataLoader worker) that reads it.
+    """
+
+    indices: tuple[int, ...]
+    flips: tuple[bool, ...]
+
+
+class EpochBatchSampler(Sampler[BatchPlan]):
+    """Shuffled, distributed, resumable batches of a dataset of `size` images.
+
+    Epoch e's order and flips are drawn from NumPy's generator seeded with (seed, e), the same in
+    every process. Each global batch of `batch_size * num_replicas` consecutive images of the
+    shuffled order is split into one batch per rank. The last partial global batch is dropped
+    (BatchNorm needs more than one image), and `max_batches` caps the batches per epoch.
+    `set_epoch(e, start=k)` skips the first k batches without reading them.
+
+    Raises:
+        ValueError: the dataset holds fewer images than one global batch, or the rank is out of
+            range.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        max_batches: int | None = None,
+    ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be within 0..num_replicas-1, got {rank} of {num_replicas}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        per_epoch = size // (batch_size * num_replicas)
+        if per_epoch < 1:
+            raise ValueError(
+                f"{size} images do not fill one global batch of {batch_size} x {num_replicas}"
+            )
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.batches_per_epoch = min(per_epoch, max_batches) if max_batches else per_epoch
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch to draw, and the batch to start from (0 for the whole epoch)."""
+        if not 0 <= start <= self.batches_per_epoch:
+            raise ValueError(f"start must lie in 0..{self.batches_per_epoch}, got {start}")
+        self.epoch = epoch
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[BatchPlan]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size)
+        flips = rng.random(self.size) < 0.5
+        global_batch = self.batch_size * self.num_replicas
+        for batch in range(self.start, self.batches_per_epoch):
+            first = batch * global_batch + self.rank * self.batch_size
+            rows = slice(first, first + self.batch_size)
+            yield BatchPlan(
+                tuple(int(i) for i in order[rows]), tuple(bool(f) for f in flips[order[rows]])
+            )
 
 
 class IdentityBalancedBatchSampler(Sampler[list[int]]):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from pocketnas.data.dataset import load_verification_images
@@ -36,7 +37,10 @@ class VerificationSet:
 
 
 def verify(
-    model: nn.Module, verification_set: VerificationSet, batch_size: int = 64
+    model: nn.Module,
+    verification_set: VerificationSet,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
 ) -> VerificationResult:
     """10-fold verification of `model` on one set, with flipped-image embeddings summed.
 
@@ -44,9 +48,9 @@ def verify(
     images and of their flips, each taken on its own before they are summed.
     """
     images = verification_set.images
-    plain = embed_images(model, images, batch_size=batch_size, flip=False)
+    plain = embed_images(model, images, batch_size=batch_size, device=device, flip=False)
     mirrored = np.ascontiguousarray(images[:, :, ::-1])
-    flipped = embed_images(model, mirrored, batch_size=batch_size, flip=False)
+    flipped = embed_images(model, mirrored, batch_size=batch_size, device=device, flip=False)
     result = evaluate_verification(plain + flipped, verification_set.issame)
     return dataclasses.replace(result, xnorm=mean_norm(plain, flipped))
 

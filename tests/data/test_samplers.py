@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pocketnas.data.dataset import FaceRecordDataset
+from pocketnas.data.dataset import FaceRecordDataset, collate_faces
 from pocketnas.data.images import encode_jpeg
 from pocketnas.data.recordio import write_face_record_set
-from pocketnas.data.samplers import IdentityBalancedBatchSampler
+from pocketnas.data.samplers import BatchPlan, EpochBatchSampler, IdentityBalancedBatchSampler
 from pocketnas.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mxnet_rec"
@@ -140,3 +140,56 @@ def test_image_of_wrong_size_raises_with_key(tmp_path: Path) -> None:
         DataError, match=r"train\.rec: record key 2 is 16x8 pixels, but the set's images are 8x8"
     ):
         dataset[1]
+
+
+def test_epoch_batches_split_each_global_batch_over_ranks() -> None:
+    whole = list(EpochBatchSampler(50, batch_size=6, seed=3))
+    ranks = [list(EpochBatchSampler(50, 3, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    # 50 // 6 = 8 global batches; a rank's batch is its half of the one-process batch.
+    assert len(whole) == len(ranks[0]) == len(ranks[1]) == 8
+    for batch, first, second in zip(whole, ranks[0], ranks[1], strict=True):
+        assert first.indices + second.indices == batch.indices
+        assert first.flips + second.flips == batch.flips
+    seen = [i for batch in whole for i in batch.indices]
+    assert len(set(seen)) == len(seen) == 48
+
+
+def test_epoch_batches_depend_on_seed_and_epoch_only() -> None:
+    sampler = EpochBatchSampler(40, batch_size=4, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert list(EpochBatchSampler(40, batch_size=4, seed=1)) == first
+    assert [b.indices for b in second] != [b.indices for b in first]
+    flips = [f for batch in first for f in batch.flips]
+    assert 0 < sum(flips) < len(flips)
+
+
+def test_epoch_batches_resume_mid_epoch_without_reading_the_skipped_ones() -> None:
+    sampler = EpochBatchSampler(40, batch_size=4, seed=2, max_batches=7)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    assert len(full) == 7
+    sampler.set_epoch(3, start=5)
+    assert len(sampler) == 2
+    assert list(sampler) == full[5:]
+    with pytest.raises(ValueError, match=r"start must lie in 0\.\.7"):
+        sampler.set_epoch(3, start=8)
+
+
+def test_epoch_batches_need_one_global_batch() -> None:
+    with pytest.raises(ValueError, match="do not fill one global batch of 8 x 2"):
+        EpochBatchSampler(15, batch_size=8, num_replicas=2)
+
+
+def test_dataset_reads_a_batch_plan_with_its_flips() -> None:
+    dataset = FaceRecordDataset(FIXTURES, train=True)
+    plan = BatchPlan((4, 0, 7), (True, False, True))
+    images, labels = collate_faces(dataset.__getitems__(plan))
+    plain = FaceRecordDataset(FIXTURES, train=False)
+    for row, (index, flip) in enumerate(zip(plan.indices, plan.flips, strict=True)):
+        expected, label = plain[index]
+        assert torch.equal(images[row], expected.flip(2) if flip else expected)
+        assert int(labels[row]) == int(label)

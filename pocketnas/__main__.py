@@ -1,0 +1,5 @@
+import sys
+
+from pocketnas.cli import main
+
+sys.exit(main())
