@@ -93,3 +93,20 @@ def test_invalid_preset_genotype_rejected():
     config = RetrainConfig(genotype="__import__('os').system('true')")
     with pytest.raises(ConfigError, match="genotype of the retraining config is invalid"):
         config_genotype(config)
+
+
+@pytest.mark.parametrize("size", [128, 256, 512])
+def test_teacher_presets_are_resnet100_with_the_paper_schedule(size: int):
+    teacher = load_preset(RetrainConfig, f"iresnet100-{size}")
+    teacher.validate()
+    assert (teacher.arch, teacher.embedding_size, teacher.image_size) == ("iresnet100", size, 112)
+    assert (teacher.epochs, teacher.milestones, teacher.lr, teacher.head) == (
+        26,
+        [8, 14, 20, 25],
+        0.1,
+        "arcface",
+    )
+    # A student of the same embedding size can distil from it.
+    student = load_preset(RetrainConfig, f"pocketnet-s{size}")
+    assert student.embedding_size == teacher.embedding_size
+    assert (student.kd_weight, student.weight_decay, student.grad_clip) == (100.0, 5e-4, 5.0)

@@ -122,6 +122,23 @@ def inspect_teacher(
     return TeacherFile(target, spec, bare)
 
 
+def template_file(path: str | os.PathLike[str]) -> Path:
+    """The template teacher's checkpoint: `path` itself, or a teacher run folder's last.pt.
+
+    Raises:
+        CheckpointError: a folder without `checkpoints/last.pt`.
+    """
+    target = Path(path)
+    if not target.is_dir():
+        return target
+    for candidate in (target / "checkpoints" / "last.pt", target / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{target}: no teacher checkpoint in this folder (looked for checkpoints/last.pt)"
+    )
+
+
 def multi_step_files(
     folder: str | os.PathLike[str], epochs: int, embedding_size: int
 ) -> list[TeacherFile]:

@@ -53,6 +53,7 @@ from pocketnas.retrain.distill import (
     epoch_checkpoint_name,
     inspect_teacher,
     multi_step_files,
+    template_file,
 )
 from pocketnas.retrain.distributed import Distributed, start_distributed, stop_distributed
 from pocketnas.retrain.heads import CombinedMarginHead, build_head
@@ -220,7 +221,8 @@ def _check_teachers(config: RetrainConfig, context: Distributed) -> TeacherSched
         return None
     assert config.teacher is not None  # validate() checked it
     if config.kd == "template":
-        files = [inspect_teacher(config.teacher, config.embedding_size, config.teacher_arch)]
+        path = template_file(config.teacher)
+        files = [inspect_teacher(path, config.embedding_size, config.teacher_arch)]
     else:
         files = multi_step_files(config.teacher, config.epochs, config.embedding_size)
     logger.info("distillation (%s) from %d teacher checkpoint(s)", config.kd, len(files))
