@@ -250,9 +250,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, preset=args.preset, show_progress=not args.quiet)
     verification = summary["verification"]
+    distillation = summary["distillation"]
     print(f"pictures: {summary['pictures']['folder']}")
     print(f"report: {summary['report']}")
     print(f"summary: {Path(args.out) / 'summary.json'}")
+    print(
+        f"teacher {distillation['teacher']['accuracy']:.4f}, student without distillation "
+        f"{distillation['without_kd']['accuracy']:.4f}, with multi-step distillation "
+        f"{distillation['with_kd']['accuracy']:.4f}"
+    )
     print(
         f"verification accuracy on unseen identities: {verification['accuracy']:.4f} "
         f"+- {verification['accuracy_std']:.4f} (raw-pixel baseline "

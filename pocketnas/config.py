@@ -174,6 +174,9 @@ class DemoConfig:
 
     synth: SynthConfig = field(default_factory=SynthConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    # The teacher: a wider network of the searched genotype (or an IResNet), trained first.
+    teacher: RetrainConfig = field(default_factory=RetrainConfig)
+    # The student, trained twice: with multi-step distillation from the teacher, and without.
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 

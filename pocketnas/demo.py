@@ -1,7 +1,7 @@
 """The whole pipeline on synthetic face identities, sized for a laptop CPU.
 
-synth -> raw-pixel baseline -> search -> derive -> render -> retrain -> evaluate -> run reports
--> summary.
+synth -> raw-pixel baseline -> search -> derive -> render -> teacher -> student with multi-step
+distillation -> the same student without distillation -> evaluate -> run reports -> summary.
 Each stage writes into its own subfolder of the output folder, and `summary.json` is written last,
 atomically, so a folder with a summary contains a finished demo.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pocketnas.analysis.render import render_genotype
 from pocketnas.analysis.report import write_reports
 from pocketnas.analysis.runs import EVALUATION_FILE
-from pocketnas.config import DemoConfig, load_preset, to_dict
+from pocketnas.config import DemoConfig, RetrainConfig, load_preset, to_dict
 from pocketnas.data.synth import synthesize
 from pocketnas.errors import PocketNasError
 from pocketnas.evaluation.embeddings import VerificationSet
@@ -103,25 +104,56 @@ def run_demo(
     if pictures.hint:
         logger.warning("%s", pictures.hint)
 
+    bins = [bin_path]
+    teacher = clock.run(
+        "teacher",
+        run_retrain,
+        config.teacher,
+        genotype,
+        data_dir,
+        out / "teacher",
+        verification_bins=bins,
+        show_progress=show_progress,
+    )
+    student = replace(config.retrain, kd="multi-step", teacher=str(teacher.run_dir))
     retrain = clock.run(
         "retrain",
         run_retrain,
-        config.retrain,
+        student,
         genotype,
         data_dir,
         out / "retrain",
-        verification_bins=[bin_path],
+        verification_bins=bins,
         show_progress=show_progress,
     )
+    plain = replace(config.retrain, kd="none", teacher=None)
+    without_kd = clock.run(
+        "retrain_without_kd",
+        run_retrain,
+        plain,
+        genotype,
+        data_dir,
+        out / "retrain-without-kd",
+        verification_bins=bins,
+        show_progress=show_progress,
+    )
+
     # The last epoch is reported: picking the best epoch on the same pairs would flatter it.
+    def evaluate_all() -> dict[str, dict[str, Any]]:
+        results = {}
+        for run in (teacher, retrain, without_kd):
+            evaluation = evaluate_checkpoint(run.checkpoint, bins)
+            atomic_write_json(run.run_dir / EVALUATION_FILE, evaluation)
+            results[run.run_dir.name] = evaluation["sets"][bin_path.stem]
+        return results
+
+    evaluations = clock.run("evaluate", evaluate_all)
+    result = evaluations["retrain"]
     checkpoint = retrain.checkpoint
-    evaluation = clock.run("evaluate", evaluate_checkpoint, checkpoint, [bin_path])
-    result = evaluation["sets"][bin_path.stem]
-    atomic_write_json(retrain.run_dir / EVALUATION_FILE, evaluation)
     reports = clock.run(
         "report",
         write_reports,
-        [search.run_dir, retrain.run_dir],
+        [search.run_dir, teacher.run_dir, retrain.run_dir, without_kd.run_dir],
         comparison_dir=out / "comparison",
     )
 
@@ -151,6 +183,16 @@ def run_demo(
             "raw_pixel_accuracy": raw.accuracy,
             "raw_pixel_accuracy_std": raw.accuracy_std,
         },
+        "distillation": {
+            "kind": "multi-step",
+            "weight": student.kd_weight,
+            "teacher": _run_summary(teacher.run_dir, evaluations["teacher"], config.teacher),
+            "with_kd": _run_summary(retrain.run_dir, result, student),
+            "without_kd": _run_summary(
+                without_kd.run_dir, evaluations["retrain-without-kd"], plain
+            ),
+            "accuracy_gain": result["accuracy"] - evaluations["retrain-without-kd"]["accuracy"],
+        },
         "search": {"run": str(search.run_dir), "val_accuracy": search.val_accuracy},
         "retrain": {"run": str(retrain.run_dir)},
         "pictures": {
@@ -169,9 +211,20 @@ def run_demo(
 
 
 def _full_size(config: DemoConfig) -> Any:
-    from dataclasses import replace
-
     return replace(config.retrain, image_size=112)
+
+
+def _run_summary(run_dir: Path, result: dict[str, Any], config: RetrainConfig) -> dict[str, Any]:
+    return {
+        "run": str(run_dir),
+        "arch": config.arch,
+        "channels": config.channels,
+        "layers": config.layers,
+        "epochs": config.epochs,
+        "accuracy": result["accuracy"],
+        "accuracy_std": result["accuracy_std"],
+        "val_at_far_1e-3": result["val_at_far_1e-3"],
+    }
 
 
 def _relative(path: str, summary: dict[str, Any]) -> str:
@@ -180,6 +233,7 @@ def _relative(path: str, summary: dict[str, Any]) -> str:
 
 def _report(summary: dict[str, Any]) -> str:
     verification = summary["verification"]
+    distillation = summary["distillation"]
     lines = [
         "# pocketnas demo",
         "",
@@ -191,6 +245,20 @@ def _report(summary: dict[str, Any]) -> str:
         f"- verification accuracy (unseen identities, {verification['pairs']} pairs, 10-fold): "
         f"{verification['accuracy']:.4f} +- {verification['accuracy_std']:.4f}",
         f"- raw-pixel baseline: {summary['baseline']['raw_pixel_accuracy']:.4f}",
+        "",
+        "Multi-step distillation (the student learns from the teacher's checkpoint of each epoch):",
+        "",
+        "| network | channels x cells | accuracy | VAL at FAR 1e-3 |",
+        "|---|---|---|---|",
+        *[
+            f"| {label} | {row['channels']} x {row['layers']} | {row['accuracy']:.4f} +- "
+            f"{row['accuracy_std']:.4f} | {row['val_at_far_1e-3']:.3f} |"
+            for label, row in (
+                ("teacher", distillation["teacher"]),
+                ("student with distillation", distillation["with_kd"]),
+                ("student without distillation", distillation["without_kd"]),
+            )
+        ],
         "",
         "| stage | seconds |",
         "|---|---|",

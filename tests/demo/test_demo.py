@@ -13,7 +13,18 @@ from pocketnas.search_space.genotype import Genotype
 
 PRESETS = Path(__file__).parent.parent / "fixtures" / "presets"
 
-STAGES = ("synth", "baseline", "search", "render", "retrain", "evaluate", "report", "total")
+STAGES = (
+    "synth",
+    "baseline",
+    "search",
+    "render",
+    "teacher",
+    "retrain",
+    "retrain_without_kd",
+    "evaluate",
+    "report",
+    "total",
+)
 
 
 def _check_outputs(out: Path) -> dict:
@@ -29,7 +40,21 @@ def _check_outputs(out: Path) -> dict:
     assert (out / "search" / "checkpoints" / "last.pt").is_file()
     assert (out / "retrain" / "checkpoints" / "last.pt").is_file()
     assert (out / "report.md").is_file()
-    for run in ("search", "retrain"):
+    distillation = summary["distillation"]
+    assert distillation["kind"] == "multi-step"
+    teacher = out / "teacher"
+    epochs = distillation["teacher"]["epochs"]
+    for epoch in range(1, epochs + 1):
+        assert (teacher / "checkpoints" / f"epoch_{epoch:03d}.pt").is_file()
+    assert distillation["teacher"]["channels"] > distillation["with_kd"]["channels"]
+    assert distillation["with_kd"]["accuracy"] == summary["verification"]["accuracy"]
+    assert distillation["accuracy_gain"] == pytest.approx(
+        distillation["with_kd"]["accuracy"] - distillation["without_kd"]["accuracy"]
+    )
+    with_kd = (out / "retrain" / "metrics.csv").read_text().splitlines()
+    without_kd = (out / "retrain-without-kd" / "metrics.csv").read_text().splitlines()
+    assert "kd_loss" in with_kd[0] and "kd_loss" not in without_kd[0]
+    for run in ("search", "teacher", "retrain", "retrain-without-kd"):
         assert (out / run / "report.html").is_file()
         assert (out / run / "plots" / "curves.png").is_file()
     assert (out / "search" / "plots" / "cells.gif").is_file()
