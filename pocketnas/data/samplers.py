@@ -45,7 +45,7 @@ class EpochBatchSampler(Sampler[BatchPlan]):
     `set_epoch(e, start=k)` skips the first k batches without reading them.
 
     Raises:
-        ValueError: the dataset holds fewer images than one global batch, or the rank is out of
+        ValueError: the dataset has fewer images than one global batch, or the rank is out of
             range.
     """
 
