@@ -96,7 +96,7 @@ def test_invalid_preset_genotype_rejected():
 
 
 @pytest.mark.parametrize("size", [128, 256, 512])
-def test_teacher_presets_are_resnet100_with_the_paper_schedule(size: int):
+def test_teacher_presets_follow_paper(size: int):
     teacher = load_preset(RetrainConfig, f"iresnet100-{size}")
     teacher.validate()
     assert (teacher.arch, teacher.embedding_size, teacher.image_size) == ("iresnet100", size, 112)

@@ -142,7 +142,7 @@ def test_image_of_wrong_size_raises_with_key(tmp_path: Path) -> None:
         dataset[1]
 
 
-def test_epoch_batches_split_each_global_batch_over_ranks() -> None:
+def test_epoch_batches_split_over_ranks() -> None:
     whole = list(EpochBatchSampler(50, batch_size=6, seed=3))
     ranks = [list(EpochBatchSampler(50, 3, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
     # 50 // 6 = 8 global batches; a rank's batch is its half of the one-process batch.
@@ -154,7 +154,7 @@ def test_epoch_batches_split_each_global_batch_over_ranks() -> None:
     assert len(set(seen)) == len(seen) == 48
 
 
-def test_epoch_batches_depend_on_seed_and_epoch_only() -> None:
+def test_epoch_batches_seeded_by_epoch() -> None:
     sampler = EpochBatchSampler(40, batch_size=4, seed=1)
     first = list(sampler)
     sampler.set_epoch(1)
@@ -167,7 +167,7 @@ def test_epoch_batches_depend_on_seed_and_epoch_only() -> None:
     assert 0 < sum(flips) < len(flips)
 
 
-def test_epoch_batches_resume_mid_epoch_without_reading_the_skipped_ones() -> None:
+def test_epoch_batches_start_mid_epoch() -> None:
     sampler = EpochBatchSampler(40, batch_size=4, seed=2, max_batches=7)
     sampler.set_epoch(3)
     full = list(sampler)
@@ -184,7 +184,7 @@ def test_epoch_batches_need_one_global_batch() -> None:
         EpochBatchSampler(15, batch_size=8, num_replicas=2)
 
 
-def test_dataset_reads_a_batch_plan_with_its_flips() -> None:
+def test_dataset_reads_batch_plan() -> None:
     dataset = FaceRecordDataset(FIXTURES, train=True)
     plan = BatchPlan((4, 0, 7), (True, False, True))
     images, labels = collate_faces(dataset.__getitems__(plan))

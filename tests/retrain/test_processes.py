@@ -32,7 +32,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def test_two_gloo_processes_hold_identical_weights(face_data: Path, tmp_path: Path):
+def test_two_gloo_ranks_identical_weights(face_data: Path, tmp_path: Path):
     weights = tmp_path / "weights"
     weights.mkdir()
     out = tmp_path / "run"
@@ -75,7 +75,7 @@ def _retrain_command(face_data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(face_data: Path, tmp_path: Path):
+def test_sigkill_then_resume_is_exact(face_data: Path, tmp_path: Path):
     whole = tmp_path / "whole"
     done = subprocess.run(
         _retrain_command(face_data, whole), env=child_env(), capture_output=True, timeout=300

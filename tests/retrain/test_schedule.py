@@ -10,14 +10,14 @@ from pocketnas.errors import ConfigError
 from pocketnas.retrain.schedule import base_learning_rate, lr_factor
 
 
-def test_paper_schedule_divides_by_ten_at_milestones():
+def test_step_schedule_milestones():
     config = RetrainConfig()  # PocketNet: milestones 8, 14, 20, 25
     expected = {0: 1.0, 7.99: 1.0, 8: 0.1, 13.5: 0.1, 14: 0.01, 20: 1e-3, 25: 1e-4, 25.9: 1e-4}
     for progress, factor in expected.items():
         assert lr_factor(config, progress) == pytest.approx(factor)
 
 
-def test_paper_learning_rate_scales_with_the_global_batch():
+def test_lr_scales_with_global_batch():
     config = load_preset(RetrainConfig, "pocketnet-s128")
     # 128 images per GPU on 4 GPUs is the paper's global batch of 512: lr 0.1.
     assert base_learning_rate(config, world_size=4) == pytest.approx(0.1)
@@ -31,7 +31,7 @@ def test_warmup_is_linear_from_zero():
     assert lr_factor(config, 2.0) == 1.0
 
 
-def test_cosine_anneals_from_one_to_lr_min_after_warmup():
+def test_cosine_anneals_to_lr_min():
     config = RetrainConfig(schedule="cosine", epochs=10, warmup_epochs=1.0, lr_min=0.01)
     assert lr_factor(config, 1.0) == pytest.approx(1.0)
     middle = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5))
@@ -55,6 +55,6 @@ def test_cosine_anneals_from_one_to_lr_min_after_warmup():
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
     ],
 )
-def test_bad_settings_are_named(changes: dict, message: str):
+def test_invalid_settings_named(changes: dict, message: str):
     with pytest.raises(ConfigError, match=message):
         RetrainConfig(**changes).validate()

@@ -46,7 +46,7 @@ def trained_state(run: Path) -> dict[str, Any]:
     return {key: state[key] for key in ("model", "head", "optimizer", "step")}
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(face_data: Path, tmp_path: Path):
+def test_resume_after_crash_is_exact(face_data: Path, tmp_path: Path):
     config = tiny_config(checkpoint_every_steps=3, eval_every_steps=2)
     bins = [face_data / "verification.bin"]
     whole = run_retrain(
@@ -96,7 +96,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(face_data: Path, tmp_p
     ]
 
 
-def test_logs_metrics_verification_and_tensorboard(face_data: Path, tmp_path: Path):
+def test_run_writes_csv_and_tensorboard(face_data: Path, tmp_path: Path):
     config = tiny_config(epochs=2, eval_every_steps=3)
     result = run_retrain(
         config,
@@ -121,7 +121,7 @@ def test_logs_metrics_verification_and_tensorboard(face_data: Path, tmp_path: Pa
     assert load_checkpoint(result.run_dir / "checkpoints" / "epoch_001.pt")["step"] == 4
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+def test_nan_loss_keeps_good_checkpoint(
     face_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     config = tiny_config(checkpoint_every_steps=2, log_every_steps=2)
@@ -160,7 +160,7 @@ def _teacher_run(face_data: Path, folder: Path) -> Path:
     return folder
 
 
-def test_multi_step_distillation_follows_the_teacher_epochs(
+def test_multi_step_loads_each_epoch(
     face_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     teacher = _teacher_run(face_data, tmp_path / "teacher")
@@ -181,7 +181,7 @@ def test_multi_step_distillation_follows_the_teacher_epochs(
     assert all(float(row["kd_loss"]) > 0 for row in rows)
 
 
-def test_distillation_loss_is_weighted_mse_of_normalised_embeddings():
+def test_distillation_loss_value():
     student = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     teacher = torch.tensor([[0.0, 2.0], [5.0, 0.0]])
     # Normalised: (0.6, 0.8) against (0, 1), and (1, 0) against (1, 0).
@@ -189,7 +189,7 @@ def test_distillation_loss_is_weighted_mse_of_normalised_embeddings():
     assert distill.distillation_loss(student, teacher, 100.0).item() == pytest.approx(expected)
 
 
-def test_missing_teacher_checkpoint_stops_before_training(
+def test_missing_teacher_checkpoint_named(
     face_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     teacher = _teacher_run(face_data, tmp_path / "teacher")
@@ -214,7 +214,7 @@ def test_missing_teacher_checkpoint_stops_before_training(
     assert not out.exists()
 
 
-def test_teacher_of_another_embedding_size_is_refused(face_data: Path, tmp_path: Path):
+def test_teacher_embedding_size_mismatch(face_data: Path, tmp_path: Path):
     teacher = _teacher_run(face_data, tmp_path / "teacher")
     config = tiny_config(
         embedding_size=32, kd="template", teacher=str(teacher / "checkpoints" / "last.pt")
@@ -224,7 +224,7 @@ def test_teacher_of_another_embedding_size_is_refused(face_data: Path, tmp_path:
     assert not (tmp_path / "s").exists()
 
 
-def test_bare_iresnet_state_dict_serves_as_template_teacher(face_data: Path, tmp_path: Path):
+def test_bare_iresnet_template_teacher(face_data: Path, tmp_path: Path):
     teacher = build_iresnet("iresnet18", embedding_size=16, image_size=32)
     path = tmp_path / "backbone.pth"
     torch.save(teacher.state_dict(), path)
@@ -259,7 +259,7 @@ def test_iresnet_teacher_trains_and_evaluates(
     assert '"accuracy"' in capsys.readouterr().out
 
 
-def test_resume_refuses_another_batch_size(face_data: Path, tmp_path: Path):
+def test_resume_rejects_other_batch_size(face_data: Path, tmp_path: Path):
     run_retrain(
         tiny_config(epochs=1), POCKETNET_GENOTYPE, face_data, tmp_path / "r", show_progress=False
     )
