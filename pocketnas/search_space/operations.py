@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketnas.errors import GenotypeError
+from pocketnas.search_space.activations import PReLU
 from pocketnas.search_space.recompute import RecomputedChain, RecomputedTensors
 
 OperationBuilder = Callable[[int, int, bool], nn.Module]
@@ -96,7 +97,7 @@ class DepthwiseSeparableConv(nn.Module):
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.PReLU(c_in),
+            PReLU(c_in),
             nn.Conv2d(c_in, c_in, kernel_size, stride, kernel_size // 2, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
@@ -133,7 +134,7 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even output width, got {c_out}")
-        self.relu = nn.PReLU(c_in)
+        self.relu = PReLU(c_in)
         self.conv11 = nn.Conv2d(c_in, c_in, 1, 2, groups=c_in, bias=False)
         self.conv12 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.conv21 = nn.Conv2d(c_in, c_in, 1, 2, groups=c_in, bias=False)
@@ -161,7 +162,7 @@ class ReLUConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.PReLU(c_in),
+            PReLU(c_in),
             nn.Conv2d(c_in, c_in, 1, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
