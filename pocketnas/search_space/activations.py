@@ -39,14 +39,17 @@ class _PReLUFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x_cast = x.to(grad.dtype)
             slope = _per_channel(weight.to(grad.dtype), x_cast)
+            # `passed` is grad where x > 0 and `rest` is grad elsewhere (each zero where the
+            # other is not), so `passed + rest * slope` is grad or grad * slope without rounding,
+            # as PyTorch's kernel computes. For finite x, `rest * x` is PyTorch's per-element
+            # slope gradient: x * grad where x <= 0 and zero elsewhere.
+            passed = torch.ops.aten.threshold_backward(grad, x_cast, 0)
+            rest = grad - passed
             grad_x = grad_weight = None
             if ctx.needs_input_grad[0]:
-                # `passed` is grad where x > 0 and 0 elsewhere, so `passed + (grad - passed) *
-                # slope` is grad or grad * slope without rounding, as PyTorch's kernel computes.
-                passed = torch.ops.aten.threshold_backward(grad, x_cast, 0)
-                grad_x = torch.addcmul(passed, grad - passed, slope).to(x.dtype)
+                grad_x = torch.addcmul(passed, rest, slope).to(x.dtype)
             if ctx.needs_input_grad[1]:
-                per_element = x_cast.clamp(max=0).mul_(grad)
+                per_element = rest * x_cast
                 if weight.numel() == 1:
                     grad_weight = per_element.sum().reshape(weight.shape)
                 else:
