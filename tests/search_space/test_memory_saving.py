@@ -1,8 +1,8 @@
 """Operations and networks that rebuild activations compute what their plain layers compute.
 
 The reference for each module is a deep copy whose depthwise-separable operations run their
-`nn.Sequential` directly and whose PReLUs run `nn.PReLU.forward`, so it keeps every activation
-and uses only PyTorch's own backward formulas.
+`nn.Sequential` directly, whose PReLUs run `nn.PReLU.forward` and whose fixed cells sum their
+edges out of place. So it keeps every activation and uses only PyTorch's own backward formulas.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from torch import nn
 
 from pocketnas.search_space import operations
 from pocketnas.search_space.activations import PReLU
+from pocketnas.search_space.cells import FixedCell
+from pocketnas.search_space.genotype import Genotype
 from pocketnas.search_space.networks import FaceNetwork
 from pocketnas.search_space.operations import (
     DepthwiseSeparableConv,
@@ -27,6 +29,13 @@ from pocketnas.search_space.published import POCKETNET_GENOTYPE
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
+def _plain_cell_forward(cell: FixedCell, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+    states = [cell.preproc0(s0), cell.preproc1(s1)]
+    for edges, sources in zip(cell.dag, cell.sources, strict=True):
+        states.append(sum(edges[j](states[s]) for j, s in enumerate(sources)))
+    return torch.cat([states[i] for i in cell.concat], dim=1)
+
+
 def _plain_copy(module: nn.Module) -> nn.Module:
     plain = copy.deepcopy(module)
     for sub in plain.modules():
@@ -34,6 +43,8 @@ def _plain_copy(module: nn.Module) -> nn.Module:
             sub.forward = sub.net.forward  # type: ignore[method-assign]
         if isinstance(sub, PReLU):
             sub.forward = types.MethodType(nn.PReLU.forward, sub)  # type: ignore[method-assign]
+        if isinstance(sub, FixedCell):
+            sub.forward = types.MethodType(_plain_cell_forward, sub)  # type: ignore[method-assign]
     return plain
 
 
@@ -107,16 +118,37 @@ def test_factorized_reduce_matches_plain(train):
     _assert_same(op, torch.randn(3, 6, 9, 9, dtype=torch.float64), train, **TIGHT)
 
 
-def _face_network() -> FaceNetwork:
+# Identity edges first, second and alone, pooling, `none` and a node read by two later nodes:
+# the cases where a node may or may not add to an edge output in place.
+MIXED_GENOTYPE = Genotype(
+    normal=(
+        (("skip_connect", 0), ("dw_conv_3x3", 1)),
+        (("dw_conv_1x1", 2), ("skip_connect", 0)),
+        (("skip_connect", 2), ("skip_connect", 3)),
+        (("none", 4), ("avg_pool_3x3", 2)),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        (("max_pool_3x3", 0), ("skip_connect", 1)),
+        (("skip_connect", 2), ("dw_conv_5x5", 1)),
+    ),
+    reduce_concat=(2, 3),
+)
+
+
+def _face_network(genotype: Genotype = POCKETNET_GENOTYPE) -> FaceNetwork:
     torch.manual_seed(4)
-    net = FaceNetwork(POCKETNET_GENOTYPE, channels=4, layers=5, embedding_size=16, image_size=32)
+    net = FaceNetwork(genotype, channels=4, layers=5, embedding_size=16, image_size=32)
     _randomise(net)
     return net
 
 
+@pytest.mark.parametrize(
+    "genotype", [POCKETNET_GENOTYPE, MIXED_GENOTYPE], ids=["pocketnet", "mixed"]
+)
 @pytest.mark.parametrize("train", [True, False])
-def test_face_network_matches_plain_float64(train):
-    net = _face_network().double()
+def test_face_network_matches_plain_float64(train, genotype):
+    net = _face_network(genotype).double()
     _assert_same(net, torch.randn(4, 3, 32, 32, dtype=torch.float64), train, **TIGHT)
 
 
