@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from pocketnas.search_space.operations import (
     PoolBN,
     build_operation,
 )
+from pocketnas.search_space.recompute import RecomputedTensors
 
 _PRELU_INIT = 0.25  # nn.PReLU's default slope
 
@@ -65,25 +66,12 @@ def _depthwise(
     Not saving it cuts about a quarter of the memory a search step keeps for its backward pass
     (measured on the small benchmark supernet of `benchmarks/bench_search_step.py`).
     """
-    activated = activate()
-    key = (activated.data_ptr(), activated.shape, activated.stride())
-
-    def pack(tensor: torch.Tensor) -> Any:
-        if (tensor.data_ptr(), tensor.shape, tensor.stride()) == key:
-            return _RECOMPUTE
-        return tensor
-
-    def unpack(packed: Any) -> torch.Tensor:
-        return activate() if packed is _RECOMPUTE else packed
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    with RecomputedTensors() as recomputed:
+        activated = recomputed.register(activate(), activate)
         if kernel == 1:
             return activated * weight.view(1, -1, 1, 1)
         groups = weight.shape[0]
         return F.conv2d(activated, weight, stride=stride, padding=kernel // 2, groups=groups)
-
-
-_RECOMPUTE = object()
 
 
 def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pocketnas.search_space.activations import PReLU
 from pocketnas.search_space.cells import FixedCell, SearchCell
 from pocketnas.search_space.fused import FusedSearchCell
 from pocketnas.search_space.genotype import Genotype
@@ -83,10 +84,10 @@ def make_tail(c_in: int, embedding_size: int, map_size: int) -> nn.Sequential:
     """
     width = 1024 if embedding_size >= 512 else 512
     return nn.Sequential(
-        nn.PReLU(c_in),
+        PReLU(c_in),
         nn.Conv2d(c_in, width, 1, bias=False),
         nn.BatchNorm2d(width),
-        nn.PReLU(width),
+        PReLU(width),
         nn.Conv2d(width, width, map_size, groups=width, bias=False),
         nn.BatchNorm2d(width),
         nn.Conv2d(width, embedding_size, 1, bias=False),
