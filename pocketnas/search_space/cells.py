@@ -165,8 +165,15 @@ class FixedCell(nn.Module):
         self.out_channels = channels * len(self.concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_states(s0, s1)[0]
+
+    def forward_with_states(
+        self, s0: torch.Tensor, s1: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the cell and also return the states that its output concatenates."""
         states = [self.preproc0(s0), self.preproc1(s1)]
         for node_edges, sources in zip(self.dag, self.sources, strict=True):
             edges = cast(nn.ModuleList, node_edges)
             states.append(_sum_edges(list(edges), [states[s] for s in sources]))
-        return torch.cat([states[i] for i in self.concat], dim=1)
+        parts = [states[i] for i in self.concat]
+        return torch.cat(parts, dim=1), parts
