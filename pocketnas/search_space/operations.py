@@ -53,7 +53,7 @@ def build_operation(name: str, channels: int, stride: int, affine: bool) -> nn.M
 
 
 def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` without the module call, so that forward hooks do not see a recomputation."""
+    """Apply `conv` to `x` without calling the module, so that forward hooks miss recomputations."""
     return F.conv2d(
         x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
     )

@@ -97,7 +97,7 @@ def find_rebuild(tensor: torch.Tensor) -> Rebuild | None:
 
 
 class RecomputedTensors:
-    """Context manager: tensors registered inside it are rebuilt in the backward pass.
+    """A block whose registered tensors autograd rebuilds in the backward pass, not keeps.
 
     Register a tensor before the operation that saves it runs. A saved tensor is recognised by
     its data pointer, shape, strides and dtype while the registered tensor's storage is alive,
