@@ -232,3 +232,12 @@ def test_cell_output_rebuild_rejects_changed_state():
     state.add_(1.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         networks._concatenate(snapshot)
+
+
+def test_separable_conv_second_order_gradients():
+    """Rebuilt activations join the graph when the backward pass itself is differentiated."""
+    torch.manual_seed(5)
+    op = DepthwiseSeparableConv(3, 3, 3, 1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(op, (x,))
+    assert torch.autograd.gradgradcheck(op, (x,))
