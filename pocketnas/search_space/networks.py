@@ -9,6 +9,8 @@ embedding (and, for the supernet, class logits of its linear classifier).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,8 @@ from pocketnas.search_space.activations import PReLU
 from pocketnas.search_space.cells import FixedCell, SearchCell
 from pocketnas.search_space.fused import FusedSearchCell
 from pocketnas.search_space.genotype import Genotype
-from pocketnas.search_space.operations import PRIMITIVES
+from pocketnas.search_space.operations import PRIMITIVES, convolve
+from pocketnas.search_space.recompute import RecomputedTensors
 
 DOWNSAMPLING = 16
 """Total stride of stem and three reduction cells: a 112x112 image ends as a 7x7 map."""
@@ -93,6 +96,22 @@ def make_tail(c_in: int, embedding_size: int, map_size: int) -> nn.Sequential:
         nn.Conv2d(width, embedding_size, 1, bias=False),
         nn.BatchNorm2d(embedding_size),
     )
+
+
+def _snapshot(parts: list[torch.Tensor]) -> list[tuple[torch.Tensor, int]]:
+    """Detached views of `parts` with their version counters, for `_concatenate`."""
+    return [(part.detach(), part._version) for part in parts]
+
+
+def _concatenate(parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """Concatenate snapshotted parts along channels, checking that none changed in place."""
+    for part, version in parts:
+        if part._version != version:
+            raise RuntimeError(
+                "a cell state was modified in place after the cell output was built, so the "
+                "output cannot be rebuilt for the backward pass"
+            )
+    return torch.cat([part for part, _ in parts], dim=1)
 
 
 class SearchNetwork(nn.Module):
@@ -211,9 +230,23 @@ class FaceNetwork(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
+        if not torch.is_grad_enabled():
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1)
+            return s1
+
+        with RecomputedTensors() as recomputed:
+            # The stem's BatchNorm saves a rebuild of its input from the image.
+            conv, norm = cast(nn.Conv2d, self.stem[0]), self.stem[1]
+            s0 = s1 = norm(recomputed.register(conv(x), partial(convolve, conv, x)))
+            # A cell output is a concatenation of the cell's states, and the operations that read
+            # those states keep them for the backward pass anyway. So the next two cells, which
+            # read the output, save a rebuild by concatenation instead of a copy of the states.
+            for cell in cast(list[FixedCell], list(self.cells)):
+                out, parts = cell.forward_with_states(s0, s1)
+                recomputed.register(out, partial(_concatenate, _snapshot(parts)))
+                s0, s1 = s1, out
         return s1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

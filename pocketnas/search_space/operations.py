@@ -18,7 +18,7 @@ from torch import nn
 
 from pocketnas.errors import GenotypeError
 from pocketnas.search_space.activations import PReLU
-from pocketnas.search_space.recompute import RecomputedChain, RecomputedTensors
+from pocketnas.search_space.recompute import RecomputedChain, RecomputedTensors, find_rebuild
 
 OperationBuilder = Callable[[int, int, bool], nn.Module]
 """Builds an operation from (channels, stride, affine)."""
@@ -52,8 +52,8 @@ def build_operation(name: str, channels: int, stride: int, affine: bool) -> nn.M
     return builder(channels, stride, affine)
 
 
-def _convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` without the module call, so that forward hooks do not see a recomputation."""
+def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply `conv` to `x` without calling the module, so that forward hooks miss recomputations."""
     return F.conv2d(
         x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
     )
@@ -79,10 +79,16 @@ def separable_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return norm(pointwise(depthwise(prelu(x))))
 
+    # When `x` itself is rebuilt on request (a cell output, see FaceNetwork.forward_features),
+    # the chain starts from that rebuild and hands its result to PReLU's backward pass too.
+    rebuild_input = find_rebuild(x)
     chain = RecomputedChain(
-        x, [partial(_activate, prelu), partial(_convolve, depthwise), partial(_convolve, pointwise)]
+        (lambda: x) if rebuild_input is None else rebuild_input,
+        [partial(_activate, prelu), partial(convolve, depthwise), partial(convolve, pointwise)],
     )
     with RecomputedTensors() as recomputed:
+        if rebuild_input is not None:
+            recomputed.register(x, partial(chain.rebuild, -1))
         activated = recomputed.register(prelu(x), partial(chain.rebuild, 0))
         spatial = recomputed.register(depthwise(activated), partial(chain.rebuild, 1))
         mixed = recomputed.register(pointwise(spatial), partial(chain.rebuild, 2))
@@ -123,6 +129,18 @@ class PoolBN(nn.Module):
         return self.bn(self.pool(x))
 
 
+def _activate_rebuilt(prelu: nn.PReLU, source: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return F.prelu(source(), prelu.weight)
+
+
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    """`x` seen from offset (1, 1), or `x` itself when it has a single row or column."""
+    shifted = x[:, :, 1:, 1:]
+    if shifted.shape[-1] == 0 or shifted.shape[-2] == 0:
+        return x
+    return shifted
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing every other pixel.
 
@@ -142,12 +160,22 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        first = self.conv12(self.conv11(x))
-        shifted = x[:, :, 1:, 1:]
-        if shifted.shape[-1] == 0 or shifted.shape[-2] == 0:
-            shifted = x
-        second = self.conv22(self.conv21(shifted))
+        if not torch.is_grad_enabled():
+            return self._reduce(self.relu(x))
+
+        # The backward pass rebuilds the PReLU output, which has the input's full resolution,
+        # from x (or from x's own rebuild when x is a cell output) instead of keeping it.
+        rebuild_input = find_rebuild(x)
+        source = (lambda: x) if rebuild_input is None else rebuild_input
+        activate = partial(_activate_rebuilt, self.relu, source)
+        with RecomputedTensors() as recomputed:
+            activated = recomputed.register(self.relu(x), activate)
+            recomputed.register(_shift(activated), lambda: _shift(activate()))
+            return self._reduce(activated)
+
+    def _reduce(self, activated: torch.Tensor) -> torch.Tensor:
+        first = self.conv12(self.conv11(activated))
+        second = self.conv22(self.conv21(_shift(activated)))
         # An odd input size gives the shifted path one row/column less: pad it to match.
         if second.shape[-2:] != first.shape[-2:]:
             pad_w = first.shape[-1] - second.shape[-1]

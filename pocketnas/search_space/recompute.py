@@ -10,11 +10,13 @@ is the recomputation.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 Rebuild = Callable[[], torch.Tensor]
 """Computes a registered tensor again from tensors that autograd keeps anyway."""
@@ -63,13 +65,48 @@ class _AutocastState:
         )
 
 
-class RecomputedTensors:
-    """Context manager: tensors registered inside it are rebuilt in the backward pass.
+class _ActiveBlocks(threading.local):
+    """The `RecomputedTensors` blocks open in this thread, innermost last."""
 
-    Register a tensor before the operation that saves it runs, and keep a reference to it until
-    the block ends. A tensor is recognised by its data pointer, shape, strides and dtype, so a
-    freed tensor whose memory is reused could be mistaken for it. Tensors that operations in the
-    block save and that were not registered are kept as usual.
+    def __init__(self) -> None:
+        self.blocks: list[RecomputedTensors] = []
+
+
+_ACTIVE = _ActiveBlocks()
+
+
+def _find_entry(tensor: torch.Tensor) -> tuple[Rebuild, _AutocastState] | None:
+    key = _identity(tensor)
+    for block in reversed(_ACTIVE.blocks):
+        entry = block._rebuilds.get(key)
+        if entry is None:
+            continue
+        rebuild, autocast, storage = entry
+        if storage.expired():
+            # The registered tensor was freed, and `tensor` only reuses its memory.
+            del block._rebuilds[key]
+            continue
+        return rebuild, autocast
+    return None
+
+
+def find_rebuild(tensor: torch.Tensor) -> Rebuild | None:
+    """Return the rebuild function registered for `tensor` in an open block, or None."""
+    entry = _find_entry(tensor)
+    return None if entry is None else entry[0]
+
+
+class RecomputedTensors:
+    """A block whose registered tensors autograd rebuilds in the backward pass, not keeps.
+
+    Register a tensor before the operation that saves it runs. A saved tensor is recognised by
+    its data pointer, shape, strides and dtype while the registered tensor's storage is alive,
+    so a tensor that later reuses freed memory is not mistaken for it. Tensors that operations
+    in the block save and that were not registered are kept as usual.
+
+    Blocks nest: saves in an inner block also find the tensors registered in the blocks around
+    it in the same thread. Autograd's saved-tensor hooks of the innermost block alone run, so
+    hooks that other code installs between two blocks do not see saves in the inner one.
 
     The rebuild function must return the registered tensor's values with the same shape and
     dtype; `RuntimeError` is raised in the backward pass otherwise. It runs in the backward
@@ -79,16 +116,22 @@ class RecomputedTensors:
     """
 
     def __init__(self) -> None:
-        self._rebuilds: dict[tuple[Any, ...], tuple[Rebuild, _AutocastState]] = {}
+        self._rebuilds: dict[tuple[Any, ...], tuple[Rebuild, _AutocastState, StorageWeakRef]] = {}
         self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
 
     def register(self, tensor: torch.Tensor, rebuild: Rebuild) -> torch.Tensor:
-        """Store `rebuild` instead of `tensor` wherever the block saves it; return `tensor`."""
-        self._rebuilds[_identity(tensor)] = (rebuild, _AutocastState(tensor.device.type))
+        """Store `rebuild` instead of `tensor` wherever the block saves it, and return `tensor`."""
+        autocast = _AutocastState(tensor.device.type)
+        self._rebuilds[_identity(tensor)] = (
+            rebuild,
+            autocast,
+            StorageWeakRef(tensor.untyped_storage()),
+        )
         return tensor
 
-    def _pack(self, tensor: torch.Tensor) -> Any:
-        entry = self._rebuilds.get(_identity(tensor))
+    @staticmethod
+    def _pack(tensor: torch.Tensor) -> Any:
+        entry = _find_entry(tensor)
         if entry is None:
             return tensor
         rebuild, autocast = entry
@@ -101,6 +144,7 @@ class RecomputedTensors:
     def __enter__(self) -> RecomputedTensors:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
+        _ACTIVE.blocks.append(self)
         return self
 
     def __exit__(
@@ -109,23 +153,24 @@ class RecomputedTensors:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        _ACTIVE.blocks.remove(self)
         if self._hooks is not None:
             self._hooks.__exit__(exc_type, exc, traceback)
         self._hooks = None
-        # Forget the tensors: their memory may be reused once the caller drops them.
+        # Release the rebuild functions and the tensors they read.
         self._rebuilds.clear()
 
 
 class RecomputedChain:
     """The outputs of a chain of functions applied to one input, rebuilt on request.
 
-    `steps[i]` maps the output of step i - 1 (the input for i = 0) to output i. `rebuild(i)`
-    starts from the latest earlier output it has kept, and keeps the outputs it computes on the
-    way until they are requested. The backward pass requests a chain's outputs last first, so
-    it runs each step once.
+    `steps[i]` maps the output of step i - 1 to output i, and output -1 is the input, which
+    `start` returns. `rebuild(i)` starts from the latest earlier output it has kept, and keeps the
+    outputs it computes on the way until they are requested. The backward pass requests a
+    chain's outputs last first, so it runs each step once.
     """
 
-    def __init__(self, start: torch.Tensor, steps: list[Callable[[torch.Tensor], torch.Tensor]]):
+    def __init__(self, start: Rebuild, steps: list[Callable[[torch.Tensor], torch.Tensor]]):
         self._start = start
         self._steps = steps
         self._kept: dict[int, torch.Tensor] = {}
@@ -135,8 +180,15 @@ class RecomputedChain:
         kept = self._kept.pop(index, None)
         if kept is not None:
             return kept
-        begin = max((i for i in self._kept if i < index), default=-1)
-        out = self._start if begin < 0 else self._kept[begin]
+        begin = max((i for i in self._kept if i < index), default=None)
+        if begin is None:
+            out = self._start()
+            if index == -1:
+                return out
+            self._kept[-1] = out
+            begin = -1
+        else:
+            out = self._kept[begin]
         for i in range(begin + 1, index + 1):
             out = self._steps[i](out)
             if i < index:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketnas.search_space import operations
+from pocketnas.search_space import networks, operations
 from pocketnas.search_space.activations import PReLU
 from pocketnas.search_space.cells import FixedCell
 from pocketnas.search_space.genotype import Genotype
@@ -193,15 +193,51 @@ def test_face_network_autocast_bfloat16_runs():
 def test_separable_conv_rebuilds_in_backward(monkeypatch):
     """The backward pass recomputes the depthwise and pointwise outputs once each."""
     calls: list[int] = []
-    convolve = operations._convolve
+    plain_convolve = operations.convolve
 
     def counting(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         calls.append(conv.groups)
-        return convolve(conv, x)
+        return plain_convolve(conv, x)
 
-    monkeypatch.setattr(operations, "_convolve", counting)
+    monkeypatch.setattr(operations, "convolve", counting)
     op = DepthwiseSeparableConv(4, 4, 3, 1)
     out = op(torch.randn(2, 4, 8, 8, requires_grad=True))
     assert calls == []
     out.sum().backward()
     assert calls == [4, 1]
+
+
+def test_face_network_rebuilds_cell_outputs(monkeypatch):
+    """Each cell output is rebuilt for the backward pass, none is kept as a copy."""
+    calls: list[int] = []
+    plain_concatenate = networks._concatenate
+
+    def counting(parts):
+        calls.append(len(parts))
+        return plain_concatenate(parts)
+
+    monkeypatch.setattr(networks, "_concatenate", counting)
+    net = _face_network()
+    out = net(torch.randn(2, 3, 32, 32))
+    assert calls == []
+    out.sum().backward()
+    # Every cell output but the last is read by the next cells' preprocessing.
+    assert len(calls) >= len(net.cells) - 1
+
+
+def test_cell_output_rebuild_rejects_changed_state():
+    state = torch.randn(2, 3, 4, 4)
+    snapshot = networks._snapshot([state, torch.randn(2, 3, 4, 4)])
+    assert networks._concatenate(snapshot).shape == (2, 6, 4, 4)
+    state.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        networks._concatenate(snapshot)
+
+
+def test_separable_conv_second_order_gradients():
+    """Rebuilt activations join the graph when the backward pass itself is differentiated."""
+    torch.manual_seed(5)
+    op = DepthwiseSeparableConv(3, 3, 3, 1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(op, (x,))
+    assert torch.autograd.gradgradcheck(op, (x,))

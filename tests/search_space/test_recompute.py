@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pocketnas.search_space.recompute import RecomputedChain, RecomputedTensors
+from pocketnas.search_space.recompute import RecomputedChain, RecomputedTensors, find_rebuild
 
 
 def test_registered_tensor_rebuilt_in_backward():
@@ -85,7 +86,7 @@ def test_chain_runs_each_step_once_in_reverse_order():
 
         return run
 
-    chain = RecomputedChain(torch.zeros(2), [step(0), step(1), step(2)])
+    chain = RecomputedChain(lambda: torch.zeros(2), [step(0), step(1), step(2)])
     assert torch.equal(chain.rebuild(2), torch.full((2,), 3.0))
     assert torch.equal(chain.rebuild(1), torch.full((2,), 1.0))
     assert torch.equal(chain.rebuild(0), torch.zeros(2))
@@ -99,8 +100,65 @@ def test_chain_recomputes_released_outputs():
         calls.append(1)
         return 2 * t
 
-    chain = RecomputedChain(torch.ones(1), [double, double])
+    chain = RecomputedChain(lambda: torch.ones(1), [double, double])
     chain.rebuild(0)
     chain.rebuild(0)
     assert torch.equal(chain.rebuild(1), torch.full((1,), 4.0))
     assert len(calls) == 4
+
+
+def test_inner_block_finds_outer_registration():
+    x = torch.randn(3, requires_grad=True)
+    calls = []
+
+    def rebuild() -> torch.Tensor:
+        calls.append(1)
+        return torch.exp(x.detach())
+
+    with RecomputedTensors() as outer:
+        hidden = outer.register(torch.exp(x), rebuild)
+        with RecomputedTensors():
+            out = (hidden * hidden).sum()
+    (grad,) = torch.autograd.grad(out, x)
+    assert len(calls) == 2
+    torch.testing.assert_close(grad, 2 * torch.exp(2 * x.detach()))
+
+
+def test_find_rebuild_only_inside_block():
+    x = torch.randn(3)
+    rebuild = lambda: torch.zeros(3)  # noqa: E731
+    with RecomputedTensors() as recomputed:
+        recomputed.register(x, rebuild)
+        assert find_rebuild(x) is rebuild
+        assert find_rebuild(torch.randn(3)) is None
+    assert find_rebuild(x) is None
+
+
+def test_freed_registration_not_matched():
+    """A tensor at the memory of a freed registered tensor is saved as usual."""
+    memory = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    with RecomputedTensors() as recomputed:
+        # Both tensors wrap the same NumPy memory in separate storages, as a new tensor that
+        # reuses freed memory does.
+        registered = torch.from_numpy(memory)
+        recomputed.register(registered, lambda: torch.full((8, 8), float("nan")))
+        del registered
+        reused = torch.from_numpy(memory).requires_grad_()
+        out = (reused * reused).sum()
+    (grad,) = torch.autograd.grad(out, reused)
+    torch.testing.assert_close(grad, 2 * reused.detach())
+
+
+def test_chain_input_kept_for_last_request():
+    starts: list[int] = []
+
+    def start() -> torch.Tensor:
+        starts.append(1)
+        return torch.ones(2)
+
+    chain = RecomputedChain(start, [lambda t: t * 3])
+    assert torch.equal(chain.rebuild(0), torch.full((2,), 3.0))
+    assert torch.equal(chain.rebuild(-1), torch.ones(2))
+    assert len(starts) == 1
+    assert torch.equal(chain.rebuild(-1), torch.ones(2))
+    assert len(starts) == 2
