@@ -98,7 +98,7 @@ class RetrainConfig:
     # epoch e learns from the teacher's checkpoint of epoch e).
     kd: str = "none"
     kd_weight: float = 100.0  # weight of the MSE between L2-normalised embeddings
-    # "template": a checkpoint file; "multi-step": the teacher's run folder, which holds
+    # "template": a checkpoint file; "multi-step": the teacher's run folder, which contains
     # checkpoints/epoch_NNN.pt
     teacher: str | None = None
     teacher_arch: str | None = None  # architecture of a bare teacher state dict, e.g. iresnet100

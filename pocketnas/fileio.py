@@ -86,8 +86,8 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
 def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> Any:
     """Load a checkpoint with `weights_only=True`, so that the file can run no code.
 
-    With `mmap` the tensors of a zip-format checkpoint are mapped, not read, which makes looking
-    at the shapes of many large checkpoints cheap; older formats are read in full.
+    With `mmap` the tensors of a zip-format checkpoint are mapped, not read, so looking at the
+    shapes of many large checkpoints is cheap. Older formats are read in full.
 
     Raises:
         CheckpointError: the file is missing, truncated or contains objects other than tensors and

@@ -123,7 +123,7 @@ def inspect_teacher(
 
 
 def template_file(path: str | os.PathLike[str]) -> Path:
-    """The template teacher's checkpoint: `path` itself, or a teacher run folder's last.pt.
+    """Return the template teacher's checkpoint: `path` itself, or a teacher run folder's last.pt.
 
     Raises:
         CheckpointError: a folder without `checkpoints/last.pt`.
@@ -214,7 +214,7 @@ class TeacherSchedule:
         return int(self.files[0].spec["image_size"])
 
     def for_epoch(self, epoch: int) -> nn.Module:
-        """The teacher for 0-based `epoch`."""
+        """Return the teacher for 0-based `epoch`."""
         index = min(epoch, len(self.files) - 1) if self.multi_step else 0
         if self._loaded is None or self._loaded[0] != index:
             self._loaded = None

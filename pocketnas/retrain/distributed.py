@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Distributed:
-    """Where this process stands in the run: its rank, the process count and its device."""
+    """Position of this process in the run: its rank, the process count and its device."""
 
     rank: int
     world_size: int

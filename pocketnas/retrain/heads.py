@@ -69,8 +69,8 @@ class CombinedMarginHead(nn.Module):
     def check_labels(self, labels: torch.Tensor) -> None:
         """Raise ValueError unless `labels` are integers in 0..num_classes-1.
 
-        On the CPU the check is immediate; on a GPU it is queued with the kernels, so it does not
-        stall the training loop, and a bad label fails the next synchronising call.
+        On the CPU the check is immediate. On a GPU it is queued with the kernels, so it does not
+        stall the training loop, and a bad label fails at the next synchronising call.
         """
         if labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"labels must be integers, got {labels.dtype}")
@@ -85,7 +85,7 @@ class CombinedMarginHead(nn.Module):
             torch._assert_async(inside, f"labels must lie in 0..{self.num_classes - 1}")
 
     def margin_logit(self, target: torch.Tensor) -> torch.Tensor:
-        """The true class's logit before scaling, from its cosine `target` (float32)."""
+        """Return the true class's logit before scaling, from its cosine `target` (float32)."""
         if self.m1 == 1.0 and self.m2 == 0.0:
             return target - self.m3
         # The sine floor keeps the gradients finite where the cosine is exactly +-1.

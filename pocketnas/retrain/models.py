@@ -75,7 +75,7 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
 
 
 def iresnet_spec_of_state_dict(arch: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The spec of a bare IResNet state dict (an insightface checkpoint), read off `fc.weight`.
+    """Return the spec of a bare IResNet state dict (insightface), read off `fc.weight`.
 
     Raises:
         CheckpointError: `arch` is not an IResNet or the state dict has no usable `fc.weight`.

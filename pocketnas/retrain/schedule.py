@@ -27,5 +27,5 @@ def lr_factor(config: RetrainConfig, progress: float) -> float:
 
 
 def base_learning_rate(config: RetrainConfig, world_size: int) -> float:
-    """The peak learning rate: `lr` scaled by the global batch over `lr_reference_batch`."""
+    """Return the peak learning rate: `lr` scaled by the global batch over `lr_reference_batch`."""
     return config.lr * config.batch_size * world_size / config.lr_reference_batch

@@ -112,7 +112,7 @@ class _Student(nn.Module):
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype of `precision` ("auto", "fp32", "bf16", "fp16") on `device`.
+    """Return the compute dtype of `precision` ("auto", "fp32", "bf16", "fp16") on `device`.
 
     Raises:
         ConfigError: fp16 is asked for on the CPU, or bf16 on a GPU without it.
@@ -148,7 +148,7 @@ def train_step(
     """One optimisation step; returns the margin loss and the distillation loss (detached).
 
     `student(images, labels)` returns (embeddings, logits); `images` are normalised floats on the
-    device. The teacher, if any, sees the same images (resized to `teacher_size`).
+    device. The teacher, if any, gets the same images (resized to `teacher_size`).
     """
     device_type = images.device.type
     with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):

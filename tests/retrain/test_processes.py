@@ -47,9 +47,10 @@ def test_two_gloo_ranks_identical_weights(face_data: Path, tmp_path: Path):
     assert ranks[0].keys() == ranks[1].keys()
     for name, tensor in ranks[0].items():
         assert torch.equal(tensor, ranks[1][name]), name
-    # Rank 0's last checkpoint holds those weights.
+    # Rank 0's last checkpoint contains those weights.
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["step"] == 6 and state["world_size"] == 2
+    assert state["step"] == 6
+    assert state["world_size"] == 2
     for name, tensor in ranks[0].items():
         assert torch.equal(state["model"][name], tensor), name
     # Only rank 0 writes: one row per epoch, learning rate scaled for the global batch of 16.
@@ -106,7 +107,8 @@ def test_sigkill_then_resume_is_exact(face_data: Path, tmp_path: Path):
             process.kill()
             process.wait()
     killed_at = int(load_checkpoint(checkpoint)["step"])
-    assert 6 <= killed_at < 15 and killed_at % 5 != 0, killed_at
+    assert 6 <= killed_at < 15, killed_at
+    assert killed_at % 5 != 0, killed_at
 
     resumed = subprocess.run(
         _retrain_command(face_data, cut, "--resume"),
