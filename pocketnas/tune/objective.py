@@ -123,11 +123,13 @@ class TrialObjective:
                 )
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {accuracy:.4f}")
 
+        run_dir = self.study_dir / folder
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
         result = run_retrain(
             config,
             self.genotype,
             self.data_dir,
-            self.study_dir / folder,
+            run_dir,
             verification_bins=self.bins,
             resume=retry,
             show_progress=self.show_progress,

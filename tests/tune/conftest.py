@@ -7,10 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from postgres_server import PostgresServer
 from tune_helpers import write_tiny_preset
 
 from pocketnas.data.synth import synthesize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_two_threads: None) -> None:
+    """Train the tiny networks on one thread, because on a busy 2-core machine two threads per
+    process slowed them down several times."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
