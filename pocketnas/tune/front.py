@@ -1,4 +1,4 @@
-"""What a tuning study leaves behind: trial table, Pareto front, its plot and a retraining preset.
+"""Outputs of a tuning study: trial table, Pareto front, its plot and a retraining preset.
 
 The front is taken over the completed trials with two criteria, verification accuracy (higher is
 better) and cost (MFLOPs or parameters, lower is better), in either objective mode. A trial is on
@@ -6,9 +6,9 @@ the front when no other trial is at least as accurate and at most as costly, and
 in one of the two. Trials that copied the result of an earlier trial with the same parameters are
 left out of the front, because they are the same network.
 
-The exported trial is the most accurate one whose cost is within the budget (or the most accurate
-one without a budget); a tie goes to the cheaper trial, then to the lower trial number. That trial
-is always on the front.
+The exported trial is the most accurate one whose cost is within the budget, or the most accurate
+one when there is no budget. A tie goes to the cheaper trial, then to the lower trial number. That
+trial is always on the front.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TrialRow:
     run_folder: str | None  # relative to the study folder
 
     def cost(self, kind: str) -> float | None:
-        """The trial's MFLOPs or parameter count (`kind` is "mflops" or "params")."""
+        """Return the trial's MFLOPs or parameter count (`kind` is "mflops" or "params")."""
         return self.mflops if kind == "mflops" else self.params
 
     def describe(self) -> str:
@@ -124,12 +124,18 @@ def pareto_front(rows: Sequence[TrialRow], cost: str) -> list[TrialRow]:
     return sorted(front, key=lambda r: (r.cost(cost), -(r.accuracy or 0.0), r.number))
 
 
+def _shown_cost(row: TrialRow, cost: str) -> float:
+    """Return the cost as the CSV files and messages show it: MFLOPs rounded to 2 decimals."""
+    value = row.cost(cost) or 0.0
+    return round(value, 2) if cost == "mflops" else value
+
+
 def choose_trial(rows: Sequence[TrialRow], cost: str, budget: float | None) -> TrialRow | None:
     """Return the most accurate completed trial within the cost budget, or None if none fits."""
     fitting = [
         row
         for row in _scored(rows, cost)
-        if row.copy_of is None and (budget is None or (row.cost(cost) or 0) <= budget)
+        if row.copy_of is None and (budget is None or _shown_cost(row, cost) <= budget)
     ]
     if not fitting:
         return None

@@ -33,8 +33,8 @@ class TrialObjective:
     """Callable objective for `optuna.Study.optimize`.
 
     A trial suggests `channels` (its cell count comes from the width table) and `embedding_size`,
-    counts the network's MFLOPs and parameters, retrains it on the proxy schedule and returns the
-    mean verification accuracy after the last epoch: alone (objective "accuracy") or with the
+    counts the network's MFLOPs and parameters, and retrains it on the proxy schedule. It returns
+    the mean verification accuracy after the last epoch, alone (objective "accuracy") or with the
     cost (objective "multi").
 
     A trial whose parameters equal those of a completed trial copies that trial's values, because
@@ -138,8 +138,8 @@ class TrialObjective:
         if all(f"{name}_accuracy" in result.metrics for name in self.bin_names):
             accuracy = self._mean_accuracy(result.metrics)
         else:
-            # The run it resumed had finished every epoch before its worker died, so no epoch
-            # ended in this process; the accuracy of the last epoch was recorded back then.
+            # The resumed run had finished every epoch before its worker died, so no epoch ended
+            # in this process. The accuracy of the last epoch was recorded back then.
             last = str(self.proxy.epochs)
             if last not in accuracies:
                 raise PocketNasError(

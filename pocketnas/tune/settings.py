@@ -28,14 +28,14 @@ COSTS = ("mflops", "params")
 PRUNERS = ("none", "median", "hyperband")
 DEFAULT_PRESET = "pocketnet-s128"
 DEFAULT_PROXY_EPOCHS = 2
-SETTINGS_KEY = "pocketnas_tune"  # study user attribute that holds the settings
+SETTINGS_KEY = "pocketnas_tune"  # study user attribute that stores the settings
 SETTINGS_VERSION = 1
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
 class TuneRequest:
-    """What one worker is asked to do. Fields left None take the study's or the default value."""
+    """The options of one worker. Fields left None take the study's or the default value."""
 
     study: str
     data: str
@@ -158,8 +158,8 @@ def check_study_name(name: str) -> None:
     """Check that a study name can name a folder.
 
     Raises:
-        ConfigError: the name is empty, too long or holds other characters than letters, digits,
-            '.', '_' and '-'.
+        ConfigError: the name is empty, too long or contains other characters than letters,
+            digits, '.', '_' and '-'.
     """
     if not _STUDY_NAME.fullmatch(name):
         raise ConfigError(

@@ -48,8 +48,8 @@ def check_space(widths: dict[int, int], embedding_sizes: tuple[int, ...] | list[
     """Check a width table and a list of embedding sizes.
 
     Raises:
-        ConfigError: a table or list is empty, holds a repeated or non-positive value, or a cell
-            count is below 4.
+        ConfigError: a table or list is empty, contains a repeated or non-positive value, or a
+            cell count is below 4.
     """
     if not widths:
         raise ConfigError("the width table is empty")

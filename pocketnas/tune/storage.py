@@ -6,8 +6,8 @@ Workers share a study through the database. Three settings make that safe:
   failing at once with "database is locked" (the sqlite3 `timeout` connect argument);
 - opening the storage is retried, because workers that start together on a new database race to
   create its tables;
-- every running trial records a heartbeat. A trial whose worker died stops beating, and after the
-  grace period the next worker that asks for a trial marks it failed and queues a retry with the
+- every running trial records a heartbeat. When a worker dies, its trial stops beating. After the
+  grace period, the next worker that requests a trial marks it failed and queues a retry with the
   same parameters (`RetryHeartbeatStaleTrialCallback`, the successor of Optuna's
   `RetryFailedTrialCallback`).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +48,8 @@ def describe_url(url: str) -> str:
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
-        return "<unparsable URL>"
+        # Not a URL that SQLAlchemy reads, but it may still hold USER:PASSWORD@.
+        return re.sub(r"([^:/@\s]+:)[^@/\s]*@", r"\1***@", url)
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -66,15 +68,15 @@ def _check_sqlite_folder(url: str) -> None:
         return
     parent = Path(parsed.database).parent
     if not parent.is_dir():
-        raise ConfigError(f"storage {url}: folder {parent} does not exist")
+        raise ConfigError(f"storage {describe_url(url)}: folder {parent} does not exist")
 
 
 def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
     """Open (and create if needed) the Optuna database at `url`, with heartbeats and retries.
 
     Raises:
-        ConfigError: the URL is invalid, its driver is not installed, the database cannot be
-            reached or is not an Optuna storage; the message shows the URL without its password.
+        ConfigError: the URL is invalid, its driver is not installed, or the database cannot be
+            reached or is not an Optuna storage. The message shows the URL without its password.
     """
     if heartbeat_interval <= 0 or grace_period <= heartbeat_interval:
         raise ConfigError(

@@ -7,14 +7,13 @@ Every worker writes into `OUT/STUDY/`:
 - `pareto.csv` and `pareto.png`: the Pareto front of accuracy and cost, and its plot;
 - `best.yaml`: the chosen trial as a retraining preset with the base preset's full schedule.
 
-The CSV files, the plot and the preset describe the whole study as the database holds it when the
+The CSV files, the plot and the preset describe the whole study as the database stores it when the
 worker finishes, so the last worker to finish leaves the complete picture.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -114,13 +113,14 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
     else:
         settings = new_settings(request)
         _check_inputs(request.data, bins, settings.base.image_size)
-        if (study_dir / TRIALS_FOLDER).is_dir() and any((study_dir / TRIALS_FOLDER).iterdir()):
-            raise ConfigError(
-                f"{study_dir}: holds the trials of an earlier study named {request.study!r}; "
-                "add --resume to continue it, or choose another --study or --out"
-            )
         out.mkdir(exist_ok=True)
         storage = open_storage(url, request.heartbeat_interval, request.grace_period)
+        _check_new_study(storage, request.study, shown)
+        if (study_dir / TRIALS_FOLDER).is_dir() and any((study_dir / TRIALS_FOLDER).iterdir()):
+            raise ConfigError(
+                f"{study_dir}: contains the trials of an earlier study named {request.study!r}; "
+                "choose another --study or --out"
+            )
         study = _create_study(storage, request, settings, shown)
     study_dir.mkdir(exist_ok=True)
     (study_dir / TRIALS_FOLDER).mkdir(exist_ok=True)
@@ -189,6 +189,17 @@ def _stored_settings(storage: optuna.storages.BaseStorage, study: str, shown: st
             "pocketnas tune, or its first worker is still starting (try again in a few seconds)"
         )
     return TuneSettings.from_dict(data, f"study {study!r} in {shown}")
+
+
+def _check_new_study(storage: optuna.storages.BaseStorage, study: str, shown: str) -> None:
+    try:
+        storage.get_study_id_from_name(study)
+    except KeyError:
+        return
+    raise ConfigError(
+        f"study {study!r} already exists in {shown}; add --resume to continue it, or choose "
+        "another --study name"
+    )
 
 
 def _create_study(
@@ -265,16 +276,22 @@ def write_outputs(
     trials_csv = study_dir / "trials.csv"
     front_csv = study_dir / "pareto.csv"
     plot = study_dir / "pareto.png"
-    preset_path: Path | None = study_dir / "best.yaml"
     write_trials_csv(trials_csv, rows)
     write_front_csv(front_csv, front)
+
     completed = sum(1 for row in rows if row.state == "COMPLETE")
-    title = f"study {study.study_name}: {completed} completed trial(s)"
+    repeats = sum(1 for row in rows if row.state == "COMPLETE" and row.copy_of is not None)
+    title = f"study {study.study_name}: {completed - repeats} trained trial(s)"
+    if repeats:
+        title += f", {repeats} repeat(s) of them not drawn"
     figure = plot_front(rows, front, chosen, settings.cost, title, settings.base.image_size)
     save_png(figure, plot)
-    assert preset_path is not None
+
+    # The preset always matches this worker's choice: an older one that no longer fits goes.
+    preset: Path | None = study_dir / "best.yaml"
+    assert preset is not None
     if chosen is not None:
-        export_preset(preset_path, settings, chosen, study.study_name, budget)
+        export_preset(preset, settings, chosen, study.study_name, budget)
     else:
         if completed:
             logger.warning(
@@ -282,9 +299,9 @@ def write_outputs(
                 budget,
                 COST_LABELS[settings.cost],
             )
-        if preset_path.exists():
-            os.unlink(preset_path)
-        preset_path = None
+        preset.unlink(missing_ok=True)
+        preset = None
+
     return TuneResult(
         study=study.study_name,
         storage=shown,
@@ -296,5 +313,5 @@ def write_outputs(
         trials_csv=trials_csv,
         front_csv=front_csv,
         plot=plot,
-        preset=preset_path,
+        preset=preset,
     )

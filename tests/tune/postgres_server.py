@@ -21,7 +21,7 @@ PASSWORD = "tune-test-secret"
 
 
 def find_server_programs() -> Path | None:
-    """Return the folder that holds initdb and pg_ctl, or None when PostgreSQL is missing.
+    """Return the folder that contains initdb and pg_ctl, or None when PostgreSQL is missing.
 
     Debian installs them in /usr/lib/postgresql/VERSION/bin, outside PATH.
     """

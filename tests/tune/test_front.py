@@ -186,3 +186,9 @@ def test_exported_preset_loads(tmp_path: Path) -> None:
     # The full schedule of the base preset, not the proxy's.
     assert config.epochs == 26
     assert config.milestones == [8, 14, 20, 25]
+
+
+def test_budget_compares_shown_mflops() -> None:
+    rows = [_row(0, 0.9, 587.1100160), _row(1, 0.8, 340.79)]
+    assert choose_trial(rows, "mflops", 587.11).number == 0  # type: ignore[union-attr]
+    assert choose_trial(rows, "mflops", 587.10).number == 1  # type: ignore[union-attr]

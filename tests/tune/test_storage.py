@@ -102,3 +102,9 @@ def test_workers_create_tables_together(tmp_path: Path) -> None:
         assert results == [(url, "ok")] * 4
     for worker in workers:
         worker.join(timeout=60)
+
+
+def test_describe_unparsable_url_hides_password() -> None:
+    assert describe_url("postgres//tuner:s3cret@host") == "postgres//tuner:***@host"
+    assert describe_url("bad url://tuner:s3cret@host/x") == "bad url://tuner:***@host/x"
+    assert describe_url("postgres:/oops") == "postgres:/oops"

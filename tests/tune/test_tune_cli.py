@@ -82,6 +82,22 @@ def test_tune_writes_front_and_preset(tune_data, tiny_preset, tmp_path, capsys):
     assert preset["epochs"] == 3
     assert preset["genotype"].startswith("Genotype(")
 
+    # A budget picks the most accurate trial that costs at most that many MFLOPs.
+    cheapest = min(trained, key=lambda t: (float(t["mflops"]), -float(t["accuracy"])))
+    budget = ["--trials", "0", "--resume", "--budget", cheapest["mflops"]]
+    code, stdout, err = _run(tune_args("widths", tune_data, out, *budget), capsys)
+    assert code == 0, err
+    assert f"exported trial {cheapest['trial']} " in stdout
+    budgeted = yaml.safe_load((folder / "best.yaml").read_text())
+    assert budgeted["channels"] == int(cheapest["channels"])
+    assert budgeted["embedding_size"] == int(cheapest["embedding_size"])
+    code, stdout, err = _run(tune_args("widths", tune_data, out, *budget[:-1], "0.5"), capsys)
+    assert code == 0, err
+    assert "no completed trial costs at most 0.5 MFLOPs" in err
+    assert not (folder / "best.yaml").exists()
+    code, _, err = _run(tune_args("widths", tune_data, out, "--trials", "0", "--resume"), capsys)
+    assert code == 0, err
+
     run = tmp_path / "retrain"
     bin_file = str(tune_data / "verification.bin")
     retrain_args = ["retrain", "--preset", str(folder / "best.yaml"), "--data", str(tune_data)]
