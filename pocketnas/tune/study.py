@@ -95,14 +95,20 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
     study_dir = out / request.study
     url = request.storage or default_storage_url(out)
     shown = describe_url(url)
-    bins = _verification_bins(request)
+    # A worker without trials (creating a study, or rewriting the outputs) reads no data.
+    bins = _verification_bins(request) if request.trials > 0 else []
 
     if request.resume:
-        out.mkdir(exist_ok=True)
+        if request.storage is None and not (out / "tune.db").is_file():
+            raise ConfigError(
+                f"{out / 'tune.db'}: study database not found; leave out --resume to create the "
+                "study, or give its database with --storage"
+            )
         storage = open_storage(url, request.heartbeat_interval, request.grace_period)
         settings = _stored_settings(storage, request.study, shown)
         settings = joined_settings(request, settings, request.study)
-        _check_inputs(request.data, bins, settings.base.image_size)
+        if request.trials > 0:
+            _check_inputs(request.data, bins, settings.base.image_size)
         study = optuna.load_study(
             study_name=request.study,
             storage=storage,
@@ -112,7 +118,8 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
         logger.info("joined study %s in %s", request.study, shown)
     else:
         settings = new_settings(request)
-        _check_inputs(request.data, bins, settings.base.image_size)
+        if request.trials > 0:
+            _check_inputs(request.data, bins, settings.base.image_size)
         out.mkdir(exist_ok=True)
         storage = open_storage(url, request.heartbeat_interval, request.grace_period)
         _check_new_study(storage, request.study, shown)
@@ -122,8 +129,7 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
                 "choose another --study or --out"
             )
         study = _create_study(storage, request, settings, shown)
-    study_dir.mkdir(exist_ok=True)
-    (study_dir / TRIALS_FOLDER).mkdir(exist_ok=True)
+    (study_dir / TRIALS_FOLDER).mkdir(parents=True, exist_ok=True)
 
     if request.trials > 0:
         objective = TrialObjective(settings, request.data, study_dir, bins, show_progress)

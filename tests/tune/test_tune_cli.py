@@ -95,8 +95,10 @@ def test_tune_writes_front_and_preset(tune_data, tiny_preset, tmp_path, capsys):
     assert code == 0, err
     assert "no completed trial costs at most 0.5 MFLOPs" in err
     assert not (folder / "best.yaml").exists()
-    code, _, err = _run(tune_args("widths", tune_data, out, "--trials", "0", "--resume"), capsys)
-    assert code == 0, err
+    no_data = tmp_path / "no-data"
+    code, _, err = _run(tune_args("widths", no_data, out, "--trials", "0", "--resume"), capsys)
+    assert code == 0, err  # rewriting the outputs reads no data
+    assert (folder / "best.yaml").is_file()
 
     run = tmp_path / "retrain"
     bin_file = str(tune_data / "verification.bin")
@@ -172,6 +174,11 @@ def test_existing_study_needs_resume(tune_data, tiny_preset, tmp_path, capsys):
 
 def test_resume_unknown_study(tune_data, tiny_preset, tmp_path, capsys):
     out = tmp_path / "out"
+    code, _, err = _run(tune_args("a", tune_data, out, "--trials", "1", "--resume"), capsys)
+    assert code == 2
+    _assert_one_line(err, "tune.db: study database not found")
+    assert not out.exists()
+
     code, _, err = _run(
         [*tune_args("a", tune_data, out, "--trials", "0"), *tiny_space(tiny_preset)], capsys
     )

@@ -54,6 +54,7 @@ def _check_shared_study(storage: str, logs: list[str]) -> None:
     assert len(workers) == 2  # both processes ran trials
 
 
+@pytest.mark.slow
 def test_two_workers_share_sqlite(tune_data, tiny_preset, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
