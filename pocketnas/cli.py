@@ -59,6 +59,39 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_search)
 
 
+def _add_experiments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiments", help="NNI experiments: search spaces")
+    experiments_sub = p.add_subparsers(
+        dest="experiments_command", required=True, metavar="EXPERIMENTS_COMMAND"
+    )
+    p = experiments_sub.add_parser(
+        "space",
+        help="write an NNI search space JSON generated from pocketnas's registries",
+        description="'genotype': an operation choice per edge and an input choice per node of "
+        "the normal and reduction cells, over every registered operation but 'none'. "
+        "'width-embedding': initial channels from the width table and the embedding size.",
+    )
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument(
+        "--space",
+        choices=["genotype", "width-embedding"],
+        default="genotype",
+        help="which search space (default: genotype)",
+    )
+    p.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell (genotype)")
+    p.set_defaults(func=_cmd_experiments_space)
+
+
+def _cmd_experiments_space(args: argparse.Namespace) -> int:
+    from pocketnas.experiments.space import write_search_space
+    from pocketnas.fileio import ensure_parent
+
+    ensure_parent(args.out)
+    write_search_space(args.space, args.out, nodes=args.nodes)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _add_retrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "retrain",
@@ -206,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_make_bin(data_sub)
 
     _add_search(sub)
+    _add_experiments(sub)
 
     p = sub.add_parser("derive", help="genotype JSON from a search run or from Genotype(...) text")
     p.add_argument("run", nargs="?", help="search run folder or search checkpoint")
