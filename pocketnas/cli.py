@@ -55,6 +55,14 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="'darts' (default): alpha follows the DARTS gradient; 'authors': also adds the "
         "training-loss gradient of alpha, as the PocketNet authors' search loop does",
     )
+    p.add_argument(
+        "--searcher",
+        choices=["darts", "nni-darts", "nni-gumbel", "nni-proxyless"],
+        default="darts",
+        help="'darts' (default): pocketnas's DARTS; 'nni-darts', 'nni-gumbel', 'nni-proxyless': "
+        "NNI 3.0's one-shot DARTS, GumbelDARTS or Proxyless over the same cells (first order, "
+        "no --resume; needs the nni extra)",
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_search)
 
@@ -346,9 +354,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     config = override(
         config, order=args.order, arch_gradient=args.arch_gradient, **_run_overrides(args)
     )
-    result = run_search(
-        config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
-    )
+    if args.searcher == "darts":
+        result = run_search(
+            config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
+        )
+    else:
+        from pocketnas.searchers.nni_oneshot import run_nni_search
+
+        if args.resume:
+            raise PocketNasError(f"--searcher {args.searcher} cannot resume; only darts can")
+        if args.order is None and config.order != "first":
+            logger.info("--searcher %s computes first-order gradients only", args.searcher)
+            config = override(config, order="first")
+        result = run_nni_search(
+            args.searcher, config, args.data, args.out, show_progress=not args.quiet
+        )
     print(f"genotype: {result.genotype.to_text()}")
     print(f"written to {result.run_dir / 'genotype.json'}")
     return 0

@@ -59,7 +59,7 @@ class Reporter:
         self.final_result: dict[str, float] | None = None
 
     def intermediate(self, metrics: dict[str, Any]) -> None:
-        """Report one epoch's metrics; `metrics["default"]` is the value that NNI's tuner receives."""
+        """Report one epoch's metrics; NNI's tuner receives `metrics["default"]`."""
         result = _finite_numbers(metrics)
         if "default" not in result:
             logger.warning("metric of this epoch is not a finite number, so it is not reported")
@@ -69,7 +69,7 @@ class Reporter:
             self.nni.report_intermediate_result(result)
 
     def final(self, metrics: dict[str, Any]) -> None:
-        """Report the final metrics; `metrics["default"]` is the value that NNI's tuner receives.
+        """Report the final metrics; NNI's tuner receives `metrics["default"]`.
 
         Raises:
             PocketNasError: the final metric is not a finite number, so the trial fails.
