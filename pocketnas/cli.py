@@ -55,8 +55,49 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="'darts' (default): alpha follows the DARTS gradient; 'authors': also adds the "
         "training-loss gradient of alpha, as the PocketNet authors' search loop does",
     )
+    p.add_argument(
+        "--searcher",
+        choices=["darts", "nni-darts", "nni-gumbel", "nni-proxyless"],
+        default="darts",
+        help="'darts' (default): pocketnas's DARTS; 'nni-darts', 'nni-gumbel', 'nni-proxyless': "
+        "NNI 3.0's one-shot DARTS, GumbelDARTS or Proxyless over the same cells (first order, "
+        "no --resume; needs the nni extra)",
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_search)
+
+
+def _add_experiments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiments", help="NNI experiments: search spaces")
+    experiments_sub = p.add_subparsers(
+        dest="experiments_command", required=True, metavar="EXPERIMENTS_COMMAND"
+    )
+    p = experiments_sub.add_parser(
+        "space",
+        help="write an NNI search space JSON generated from pocketnas's registries",
+        description="'genotype': an operation choice per edge and an input choice per node of "
+        "the normal and reduction cells, over every registered operation but 'none'. "
+        "'width-embedding': initial channels from the width table and the embedding size.",
+    )
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument(
+        "--space",
+        choices=["genotype", "width-embedding"],
+        default="genotype",
+        help="which search space (default: genotype)",
+    )
+    p.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell (genotype)")
+    p.set_defaults(func=_cmd_experiments_space)
+
+
+def _cmd_experiments_space(args: argparse.Namespace) -> int:
+    from pocketnas.experiments.space import write_search_space
+    from pocketnas.fileio import ensure_parent
+
+    ensure_parent(args.out)
+    write_search_space(args.space, args.out, nodes=args.nodes)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _add_retrain(sub: argparse._SubParsersAction) -> None:
@@ -206,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_make_bin(data_sub)
 
     _add_search(sub)
+    _add_experiments(sub)
 
     p = sub.add_parser("derive", help="genotype JSON from a search run or from Genotype(...) text")
     p.add_argument("run", nargs="?", help="search run folder or search checkpoint")
@@ -314,9 +356,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     config = override(
         config, order=args.order, arch_gradient=args.arch_gradient, **_run_overrides(args)
     )
-    result = run_search(
-        config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
-    )
+    if args.searcher == "darts":
+        result = run_search(
+            config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
+        )
+    else:
+        from pocketnas.searchers.nni_oneshot import run_nni_search
+
+        if args.resume:
+            raise PocketNasError(f"--searcher {args.searcher} cannot resume; only darts can")
+        if args.order is None and config.order != "first":
+            logger.info("--searcher %s computes first-order gradients only", args.searcher)
+            config = override(config, order="first")
+        result = run_nni_search(
+            args.searcher, config, args.data, args.out, show_progress=not args.quiet
+        )
     print(f"genotype: {result.genotype.to_text()}")
     print(f"written to {result.run_dir / 'genotype.json'}")
     return 0

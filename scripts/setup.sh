@@ -5,8 +5,9 @@
 # PyPI's CUDA build otherwise) and pocketnas itself in editable mode.
 #
 #   bash scripts/setup.sh         runtime dependencies
-#   bash scripts/setup.sh --dev   also the test and lint tools, and the PostgreSQL server
-#                                 (Debian's postgresql package) that the tuning tests start
+#   bash scripts/setup.sh --dev   also the test and lint tools, the PostgreSQL server (Debian's
+#                                 postgresql package) that the tuning tests start, and NNI 3.0
+#                                 for the NNI tests
 #
 # Safe to run again: each step is skipped when it is already done.
 set -euo pipefail
