@@ -121,10 +121,11 @@ def apply_parameters(config: Any, parameters: dict[str, Any], source: str) -> An
 
 def _verification_metrics(metrics: dict[str, Any], bins: Sequence[str]) -> dict[str, Any]:
     """Add `default`, the mean verification accuracy over the `.bin` sets, to epoch metrics."""
-    accuracies = [metrics.get(f"{Path(path).stem}_accuracy") for path in bins]
+    values = [metrics.get(f"{Path(path).stem}_accuracy") for path in bins]
+    accuracies = [value for value in values if isinstance(value, float)]
     result = dict(metrics)
-    if accuracies and all(isinstance(value, float) for value in accuracies):
-        result["default"] = sum(accuracies) / len(accuracies)  # type: ignore[arg-type]
+    if accuracies and len(accuracies) == len(values):
+        result["default"] = sum(accuracies) / len(accuracies)
     return result
 
 

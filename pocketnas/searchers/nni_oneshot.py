@@ -152,12 +152,44 @@ def _quiet_libraries() -> Iterator[None]:
 def _strategy(searcher: str, config: SearchConfig) -> Any:
     from nni.nas.strategy import DARTS, GumbelDARTS, Proxyless
 
-    options = {"arc_learning_rate": config.alpha_lr, "gradient_clip_val": config.grad_clip}
+    options = {"arc_learning_rate": config.alpha_lr, "gradient_clip_val": config.grad_clip or None}
     if searcher == "nni-darts":
         return DARTS(**options)
     if searcher == "nni-gumbel":
         return GumbelDARTS(**options)
     return Proxyless(**options)
+
+
+def _half_loaders(
+    dataset: FaceRecordDataset, config: SearchConfig, weight_idx: np.ndarray, arch_idx: np.ndarray
+) -> list[Any]:
+    """Return shuffled loaders of the weight half and of the architecture half.
+
+    They are NNI's traced DataLoader, which NNI's Lightning evaluator expects. The architecture
+    half's batches are `ArchitectureBatch` tuples.
+    """
+    from nni.nas.evaluator.pytorch import DataLoader
+
+    loaders = []
+    for seed, indices, collate in (
+        (config.seed, weight_idx, collate_faces),
+        (config.seed + 1, arch_idx, _collate_architecture_batch),
+    ):
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        loaders.append(
+            DataLoader(
+                Subset(dataset, indices.tolist()),
+                batch_size=min(config.batch_size, len(indices)),
+                shuffle=True,
+                drop_last=True,
+                collate_fn=collate,
+                num_workers=config.workers,
+                generator=generator,
+                persistent_workers=config.workers > 0,
+            )
+        )
+    return loaders
 
 
 def _search(
@@ -168,7 +200,7 @@ def _search(
     show_progress: bool,
     on_epoch_end: EpochCallback | None,
 ) -> SearchResult:
-    from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
+    from nni.nas.evaluator.pytorch import Lightning, Trainer
     from nni.nas.execution import SequentialExecutionEngine
     from nni.nas.space import RawFormatModelSpace
 
@@ -190,25 +222,7 @@ def _search(
             f"{dataset.record_set.folder}: every identity has a single image, so the architecture "
             "half of the stratified split is empty; a search needs two or more images per identity"
         )
-    loaders = []
-    for seed, indices, collate in (
-        (config.seed, weight_idx, collate_faces),
-        (config.seed + 1, arch_idx, _collate_architecture_batch),
-    ):
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        loaders.append(
-            DataLoader(
-                Subset(dataset, indices.tolist()),
-                batch_size=min(config.batch_size, len(indices)),
-                shuffle=True,
-                drop_last=True,
-                collate_fn=collate,
-                num_workers=config.workers,
-                generator=generator,
-                persistent_workers=config.workers > 0,
-            )
-        )
+    loaders = _half_loaders(dataset, config, weight_idx, arch_idx)
     steps = min(len(loaders[0]), len(loaders[1]))
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)
