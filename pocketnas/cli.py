@@ -55,8 +55,49 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="'darts' (default): alpha follows the DARTS gradient; 'authors': also adds the "
         "training-loss gradient of alpha, as the PocketNet authors' search loop does",
     )
+    p.add_argument(
+        "--searcher",
+        choices=["darts", "nni-darts", "nni-gumbel", "nni-proxyless"],
+        default="darts",
+        help="'darts' (default): pocketnas's DARTS; 'nni-darts', 'nni-gumbel', 'nni-proxyless': "
+        "NNI 3.0's one-shot DARTS, GumbelDARTS or Proxyless over the same cells (first order, "
+        "no --resume; needs the nni extra)",
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_search)
+
+
+def _add_experiments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiments", help="NNI experiments: search spaces")
+    experiments_sub = p.add_subparsers(
+        dest="experiments_command", required=True, metavar="EXPERIMENTS_COMMAND"
+    )
+    p = experiments_sub.add_parser(
+        "space",
+        help="write an NNI search space JSON generated from pocketnas's registries",
+        description="'genotype': an operation choice per edge and an input choice per node of "
+        "the normal and reduction cells, over every registered operation but 'none'. "
+        "'width-embedding': initial channels from the width table and the embedding size.",
+    )
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument(
+        "--space",
+        choices=["genotype", "width-embedding"],
+        default="genotype",
+        help="which search space (default: genotype)",
+    )
+    p.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell (genotype)")
+    p.set_defaults(func=_cmd_experiments_space)
+
+
+def _cmd_experiments_space(args: argparse.Namespace) -> int:
+    from pocketnas.experiments.space import write_search_space
+    from pocketnas.fileio import ensure_parent
+
+    ensure_parent(args.out)
+    write_search_space(args.space, args.out, nodes=args.nodes)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _add_retrain(sub: argparse._SubParsersAction) -> None:
@@ -206,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_make_bin(data_sub)
 
     _add_search(sub)
+    _add_experiments(sub)
 
     p = sub.add_parser("derive", help="genotype JSON from a search run or from Genotype(...) text")
     p.add_argument("run", nargs="?", help="search run folder or search checkpoint")
@@ -226,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     _add_retrain(sub)
+
+    _add_tune(sub)
 
     _add_eval(sub)
     _add_report(sub)
@@ -312,9 +356,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     config = override(
         config, order=args.order, arch_gradient=args.arch_gradient, **_run_overrides(args)
     )
-    result = run_search(
-        config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
-    )
+    if args.searcher == "darts":
+        result = run_search(
+            config, args.data, args.out, resume=args.resume, show_progress=not args.quiet
+        )
+    else:
+        from pocketnas.searchers.nni_oneshot import run_nni_search
+
+        if args.resume:
+            raise PocketNasError(f"--searcher {args.searcher} cannot resume; only darts can")
+        if args.order is None and config.order != "first":
+            logger.info("--searcher %s computes first-order gradients only", args.searcher)
+            config = override(config, order="first")
+        result = run_nni_search(
+            args.searcher, config, args.data, args.out, show_progress=not args.quiet
+        )
     print(f"genotype: {result.genotype.to_text()}")
     print(f"written to {result.run_dir / 'genotype.json'}")
     return 0
@@ -398,6 +454,137 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         for key, value in result.metrics.items():
             if key.endswith("_accuracy"):
                 print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="Optuna study of a genotype's width and embedding size, on a proxy schedule",
+        description="Each trial retrains the genotype on a short proxy schedule with a suggested "
+        "width (initial channels and their cell count) and embedding size, and reports the "
+        "verification accuracy after every epoch. Workers on many machines share one study "
+        "through --storage. Writes OUT/STUDY/trials.csv, pareto.csv, pareto.png and best.yaml "
+        "(a retraining preset). See docs/tune.md.",
+    )
+    p.add_argument("--study", required=True, help="study name (also the folder in --out)")
+    p.add_argument(
+        "--storage",
+        help="database URL shared by the workers, e.g. postgresql://USER:PASSWORD@HOST/DB "
+        "(default: sqlite:///OUT/tune.db)",
+    )
+    p.add_argument(
+        "--trials", type=int, required=True, help="trials this worker runs (0: only write outputs)"
+    )
+    p.add_argument("--data", required=True, help="folder with train.rec, train.idx and property")
+    p.add_argument("--out", required=True, help="output folder (created if its parent exists)")
+    p.add_argument(
+        "--genotype", help="genotype JSON (or Genotype(...) text) file (default: the preset's)"
+    )
+    p.add_argument(
+        "--preset", help="base retraining preset name or YAML file (default: pocketnet-s128)"
+    )
+    p.add_argument(
+        "--bin",
+        nargs="*",
+        default=[],
+        help="verification .bin files (default: DATA/verification.bin)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["multi", "accuracy"],
+        help="multi (default): maximise accuracy and minimise cost; accuracy: accuracy alone",
+    )
+    p.add_argument(
+        "--cost", choices=["mflops", "params"], help="cost of the multi objective (default mflops)"
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["none", "median", "hyperband"],
+        help="pruning on the per-epoch accuracy, --objective accuracy only (default: median "
+        "there, none for multi)",
+    )
+    p.add_argument("--proxy-epochs", type=int, help="epochs of each trial's retraining (default 2)")
+    p.add_argument("--proxy-steps", type=int, help="cap on steps per proxy epoch")
+    p.add_argument(
+        "--widths",
+        help="initial channels and their cell counts, CHANNELS:CELLS,... "
+        "(default 8:36,16:18,24:12,32:9)",
+    )
+    p.add_argument(
+        "--embedding-sizes", type=int, nargs="+", help="embedding sizes (default 128 256 512)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="exported trial: the most accurate one costing at most this (MFLOPs or parameters)",
+    )
+    p.add_argument(
+        "--heartbeat-interval", type=int, default=30, help="seconds between trial heartbeats"
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=120,
+        help="seconds without a heartbeat before a running trial counts as dead and is retried",
+    )
+    p.add_argument("--seed", type=int, help="sampler seed of this worker (default: random)")
+    p.add_argument(
+        "--resume", action="store_true", help="join the existing study instead of creating it"
+    )
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from pocketnas.tune.front import COST_LABELS
+    from pocketnas.tune.settings import TuneRequest
+    from pocketnas.tune.study import run_tune
+
+    # pocketnas logs each trial itself; Optuna's own handler prints only warnings.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    request = TuneRequest(
+        study=args.study,
+        data=args.data,
+        out=args.out,
+        trials=args.trials,
+        storage=args.storage,
+        bins=args.bin,
+        resume=args.resume,
+        preset=args.preset,
+        genotype=args.genotype,
+        objective=args.objective,
+        cost=args.cost,
+        pruner=args.pruner,
+        proxy_epochs=args.proxy_epochs,
+        proxy_steps=args.proxy_steps,
+        widths=args.widths,
+        embedding_sizes=args.embedding_sizes,
+        budget=args.budget,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        seed=args.seed,
+    )
+    result = run_tune(request, show_progress=not args.quiet)
+    cost = result.settings.cost
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts().items()))
+    print(
+        f"study {result.study} in {result.storage}: {len(result.rows)} trials ({counts or 'none'})"
+    )
+    print(f"Pareto front (accuracy, {COST_LABELS[cost]}), cheapest first:")
+    for row in result.front:
+        print(
+            f"  trial {row.number}: {row.describe()}: accuracy {row.accuracy:.4f}, "
+            f"{row.mflops:.2f} MFLOPs, {row.params:,} parameters"
+        )
+    if result.chosen is not None:
+        print(
+            f"exported trial {result.chosen.number} ({result.chosen.describe()}): {result.preset}"
+        )
+    print(f"trials: {result.trials_csv}")
+    print(f"front: {result.front_csv}")
+    print(f"plot: {result.plot}")
     return 0
 
 

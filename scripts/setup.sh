@@ -5,7 +5,9 @@
 # PyPI's CUDA build otherwise) and pocketnas itself in editable mode.
 #
 #   bash scripts/setup.sh         runtime dependencies
-#   bash scripts/setup.sh --dev   also the test and lint tools
+#   bash scripts/setup.sh --dev   also the test and lint tools, the PostgreSQL server (Debian's
+#                                 postgresql package) that the tuning tests start, and NNI 3.0
+#                                 for the NNI tests
 #
 # Safe to run again: each step is skipped when it is already done.
 set -euo pipefail
@@ -19,11 +21,18 @@ for arg in "$@"; do
   esac
 done
 
-if ! command -v dot >/dev/null 2>&1; then
-  echo "setup.sh: installing graphviz (the dot program) with apt-get"
+packages=()
+command -v dot >/dev/null 2>&1 || packages+=(graphviz)
+# Debian puts the server programs in /usr/lib/postgresql/VERSION/bin, outside PATH.
+if [ "$dev" -eq 1 ] && ! command -v initdb >/dev/null 2>&1 \
+    && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  packages+=(postgresql)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${packages[*]} with apt-get"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq graphviz >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 python=${PYTHON:-python3}
