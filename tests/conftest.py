@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import torch
 
+from pocketnas.data.synth import synthesize
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -42,6 +44,23 @@ def published() -> dict[str, Any]:
 def published_preset(request: pytest.FixtureRequest) -> str:
     """Name of each PocketNet preset whose published figures are in the reference data."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def face_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic identities of 8 images at 32x32, plus a 100-pair verification.bin."""
+    folder = tmp_path_factory.mktemp("faces")
+    synthesize(
+        folder,
+        identities=24,
+        images_per_identity=8,
+        pairs=100,
+        seed=1,
+        image_size=32,
+        workers=1,
+        show_progress=False,
+    )
+    return folder
 
 
 @pytest.fixture(autouse=True)

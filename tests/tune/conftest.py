@@ -11,8 +11,6 @@ import torch
 from postgres_server import PostgresServer
 from tune_helpers import write_tiny_preset
 
-from pocketnas.data.synth import synthesize
-
 
 @pytest.fixture(autouse=True)
 def _one_thread(_two_threads: None) -> None:
@@ -22,20 +20,9 @@ def _one_thread(_two_threads: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def tune_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 identities of 8 images at 32x32, plus a 100-pair verification.bin."""
-    folder = tmp_path_factory.mktemp("tune-faces")
-    synthesize(
-        folder,
-        identities=24,
-        images_per_identity=8,
-        pairs=100,
-        seed=1,
-        image_size=32,
-        workers=1,
-        show_progress=False,
-    )
-    return folder
+def tune_data(face_data: Path) -> Path:
+    """The shared synthetic face set (24 identities of 8 images at 32x32, 100 pairs)."""
+    return face_data
 
 
 @pytest.fixture(scope="session")
