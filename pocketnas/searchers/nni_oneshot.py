@@ -24,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -47,11 +47,9 @@ from pocketnas.search_space.choices import (
     operation_label,
 )
 from pocketnas.search_space.genotype import Genotype
-from pocketnas.searchers.search import SearchResult, stratified_halves
+from pocketnas.searchers.search import EpochCallback, SearchResult, stratified_halves
 
 logger = logging.getLogger(__name__)
-
-EpochCallback = Callable[[int, dict[str, Any]], None]
 
 NNI_SEARCHERS = ("nni-darts", "nni-gumbel", "nni-proxyless")
 """`pocketnas search --searcher` values that run an NNI strategy."""
