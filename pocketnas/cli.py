@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketnas.errors import PocketNasError
+from pocketnas.search_space.widths import EMBEDDING_SIZES, WIDTH_CELLS
 
 logger = logging.getLogger("pocketnas")
 
@@ -467,6 +468,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "through --storage. Writes OUT/STUDY/trials.csv, pareto.csv, pareto.png and best.yaml "
         "(a retraining preset). See docs/tune.md.",
     )
+    _add_tune_inputs(p)
+    _add_tune_objective(p)
+    _add_tune_worker(p)
+    p.set_defaults(func=_cmd_tune)
+
+
+def _add_tune_inputs(p: argparse.ArgumentParser) -> None:
+    """Add the study, its storage, the data and the genotype options of `pocketnas tune`."""
     p.add_argument("--study", required=True, help="study name (also the folder in --out)")
     p.add_argument(
         "--storage",
@@ -490,6 +499,10 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="verification .bin files (default: DATA/verification.bin)",
     )
+
+
+def _add_tune_objective(p: argparse.ArgumentParser) -> None:
+    """Add the objective, pruning, proxy schedule, search space and budget options."""
     p.add_argument(
         "--objective",
         choices=["multi", "accuracy"],
@@ -509,16 +522,23 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--widths",
         help="initial channels and their cell counts, CHANNELS:CELLS,... "
-        "(default 8:36,16:18,24:12,32:9)",
+        f"(default {','.join(f'{c}:{n}' for c, n in WIDTH_CELLS.items())})",
     )
     p.add_argument(
-        "--embedding-sizes", type=int, nargs="+", help="embedding sizes (default 128 256 512)"
+        "--embedding-sizes",
+        type=int,
+        nargs="+",
+        help=f"embedding sizes (default {' '.join(map(str, EMBEDDING_SIZES))})",
     )
     p.add_argument(
         "--budget",
         type=float,
         help="exported trial: the most accurate one costing at most this (MFLOPs or parameters)",
     )
+
+
+def _add_tune_worker(p: argparse.ArgumentParser) -> None:
+    """Add the heartbeat, seed and resume options of one tuning worker."""
     p.add_argument(
         "--heartbeat-interval", type=int, default=30, help="seconds between trial heartbeats"
     )
@@ -532,7 +552,6 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="join the existing study instead of creating it"
     )
-    p.set_defaults(func=_cmd_tune)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

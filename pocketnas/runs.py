@@ -80,6 +80,13 @@ class RunFolder:
         """Drop metric rows of epochs after `epoch` (work lost by an interruption)."""
         self._rows = [row for row in self._rows if int(row["epoch"]) <= epoch]
 
+    def epoch_metrics(self, epoch: int) -> dict[str, Any]:
+        """Return the metrics row of `epoch` with numbers parsed, or {} when there is none."""
+        for row in reversed(self._rows):
+            if int(row["epoch"]) == epoch:
+                return {key: _parse_value(value) for key, value in row.items()}
+        return {}
+
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append a row and rewrite metrics.csv atomically."""
         self._rows.append(row)
@@ -125,6 +132,16 @@ def _format_value(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def _parse_value(text: str) -> Any:
+    """Read back a value that `write_csv` wrote: an int, a float, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def seed_everything(seed: int) -> None:

@@ -288,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="outside NNI: the trial's parameters as a JSON object, e.g. "
         '\'{"channels": 16, "embedding_size": 128}\'',
     )
+    _add_config_options(parser)
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that override keys of the trial's preset."""
     parser.add_argument("--epochs", type=int, help="number of epochs")
     parser.add_argument("--batch-size", type=int, help="images per batch")
     parser.add_argument("--image-size", type=int, help="side of the network input in pixels")
@@ -299,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher-arch", help="architecture of a bare teacher state dict")
     parser.add_argument("--kd-weight", type=float, help="weight of the distillation loss")
     parser.add_argument("--device", help="retraining device: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
-    return parser
 
 
 def _options(args: argparse.Namespace) -> TrialOptions:

@@ -91,6 +91,8 @@ class RetrainResult:
     run_dir: Path
     checkpoint: Path
     best_checkpoint: Path | None
+    # The last epoch's metrics. A resumed run with no epoch left reads them back from
+    # metrics.csv, where floats keep 6 significant digits.
     metrics: dict[str, Any]
     model: nn.Module
     step: int
@@ -454,6 +456,10 @@ class _Trainer:
         if resuming:
             self._restore()
             self.run.keep_metrics_until(self.step // self.steps_per_epoch)
+            if self.step % self.steps_per_epoch == 0:
+                # The metrics of the last finished epoch, so that resuming a run that had
+                # already finished still returns its final metrics.
+                self.metrics = self.run.epoch_metrics(self.step // self.steps_per_epoch)
             logger.info("resuming retraining at step %d of %d", self.step, self.total_steps)
         elif self.context.is_main:
             save_config(self.run.path / "config.yaml", config)

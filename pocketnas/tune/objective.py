@@ -135,18 +135,17 @@ class TrialObjective:
             show_progress=self.show_progress,
             on_epoch_end=on_epoch_end,
         )
-        if all(f"{name}_accuracy" in result.metrics for name in self.bin_names):
+        # Prefer the accuracy recorded when the last epoch ended. A killed worker may have
+        # recorded it before this retry resumed the finished run.
+        last = str(self.proxy.epochs)
+        if last in accuracies:
+            accuracy = accuracies[last]
+        elif all(f"{name}_accuracy" in result.metrics for name in self.bin_names):
             accuracy = self._mean_accuracy(result.metrics)
         else:
-            # The resumed run had finished every epoch before its worker died, so no epoch ended
-            # in this process. The accuracy of the last epoch was recorded back then.
-            last = str(self.proxy.epochs)
-            if last not in accuracies:
-                raise PocketNasError(
-                    f"{self.study_dir / folder}: finished run without a recorded accuracy of "
-                    f"epoch {last}"
-                )
-            accuracy = accuracies[last]
+            raise PocketNasError(
+                f"{run_dir}: finished run without a recorded accuracy of epoch {last}"
+            )
         trial.set_user_attr("accuracy", accuracy)
         return self._values(accuracy, cost)
 

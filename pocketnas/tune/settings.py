@@ -42,7 +42,7 @@ class TuneRequest:
     out: str
     trials: int
     storage: str | None = None  # database URL; None: sqlite:///OUT/tune.db
-    bins: list[str] = field(default_factory=list)  # None given: DATA/verification.bin
+    bins: list[str] = field(default_factory=list)  # empty: DATA/verification.bin
     resume: bool = False  # join an existing study instead of creating it
     preset: str | None = None  # base retraining preset (default pocketnet-s128)
     genotype: str | None = None  # genotype file (default: the preset's genotype)
@@ -215,7 +215,7 @@ def joined_settings(request: TuneRequest, stored: TuneSettings, study: str) -> T
     Raises:
         ConfigError: an option differs from the study's value; the message names both.
     """
-    given: dict[str, Any] = {
+    requested: dict[str, Any] = {
         "objective": request.objective,
         "cost": request.cost,
         "pruner": request.pruner,
@@ -226,10 +226,10 @@ def joined_settings(request: TuneRequest, stored: TuneSettings, study: str) -> T
     }
     base = _requested_base(request)
     if base is not None:
-        given["base"] = base
+        requested["base"] = base
     if request.genotype is not None:
-        given["genotype"] = _requested_genotype(request, base or stored.base)
-    for name, value in given.items():
+        requested["genotype"] = _requested_genotype(request, base or stored.base)
+    for name, value in requested.items():
         if value is None:
             continue
         stored_value = getattr(stored, name)
@@ -249,11 +249,11 @@ def joined_settings(request: TuneRequest, stored: TuneSettings, study: str) -> T
     return stored
 
 
-def _config_difference(stored: RetrainConfig, given: RetrainConfig) -> str:
+def _config_difference(stored: RetrainConfig, requested: RetrainConfig) -> str:
     names = [
         f.name
         for f in dataclasses.fields(RetrainConfig)
-        if getattr(stored, f.name) != getattr(given, f.name)
+        if getattr(stored, f.name) != getattr(requested, f.name)
     ]
     return "keys that differ: " + ", ".join(names)
 

@@ -1,9 +1,9 @@
 """The search space of a tuning study and the short proxy schedule that scores each trial.
 
 A trial picks a width, that is the initial channels together with the number of cells that goes
-with them, and an embedding size. PocketNet pairs 16 channels with 18 cells (PocketNetS) and 32
-channels with 9 cells (PocketNetM), which keeps channels * cells at 288. The default table extends
-that rule to 8 and 24 channels, so the widths trade depth for breadth at about the same product.
+with them, and an embedding size. The default width table and embedding sizes are those of
+`pocketnas.search_space.widths`, which NNI's tuning experiment reads too; `--widths` replaces
+the table.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import dataclasses
 
 from pocketnas.config import RetrainConfig
 from pocketnas.errors import ConfigError
+from pocketnas.search_space.widths import EMBEDDING_SIZES, WIDTH_CELLS
 
-# Initial channels -> cells. channels * cells = 288 in every row, as in PocketNetS and PocketNetM.
-DEFAULT_WIDTHS: dict[int, int] = {8: 36, 16: 18, 24: 12, 32: 9}
-DEFAULT_EMBEDDING_SIZES: tuple[int, ...] = (128, 256, 512)
+# The defaults of a study, shared with NNI's tuning experiment.
+DEFAULT_WIDTHS: dict[int, int] = WIDTH_CELLS
+DEFAULT_EMBEDDING_SIZES: tuple[int, ...] = EMBEDDING_SIZES
 
 
 def parse_widths(text: str) -> dict[int, int]:

@@ -83,12 +83,12 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
             f"the heartbeat interval must be positive and shorter than the grace period; got "
             f"{heartbeat_interval} s and {grace_period} s"
         )
-    shown = describe_url(url)
+    safe_url = describe_url(url)
     try:
         kwargs = _engine_kwargs(url)
     except sqlalchemy.exc.ArgumentError as exc:
         raise ConfigError(
-            f"invalid storage URL {shown!r} ({exc}); use sqlite:///PATH or "
+            f"invalid storage URL {safe_url!r} ({exc}); use sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         ) from None
     _check_sqlite_folder(url)
@@ -107,23 +107,23 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
                     ),
                 )
         except sqlalchemy.exc.NoSuchModuleError as exc:
-            raise ConfigError(f"storage {shown}: unknown database kind ({exc})") from None
+            raise ConfigError(f"storage {safe_url}: unknown database kind ({exc})") from None
         except sqlalchemy.exc.ArgumentError as exc:
-            raise ConfigError(f"invalid storage URL {shown!r} ({exc})") from None
+            raise ConfigError(f"invalid storage URL {safe_url!r} ({exc})") from None
         except ImportError as exc:
             cause = exc.__cause__ or exc
             raise ConfigError(
-                f"storage {shown}: the database driver is not installed ({cause}); "
+                f"storage {safe_url}: the database driver is not installed ({cause}); "
                 "PostgreSQL URLs need psycopg (pip install 'psycopg[binary]')"
             ) from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             # Another worker may be creating the tables right now: wait and look again.
             if attempt == OPEN_ATTEMPTS or not _is_creation_race(exc):
-                raise ConfigError(f"storage {shown}: cannot open ({_first_line(exc)})") from None
+                raise ConfigError(f"storage {safe_url}: cannot open ({_first_line(exc)})") from None
             delay = 0.2 * 2**attempt * (1 + random.random())
             logger.info(
                 "storage %s: open attempt %d of %d failed (%s); retrying in %.1f s",
-                shown,
+                safe_url,
                 attempt,
                 OPEN_ATTEMPTS,
                 _first_line(exc),
@@ -132,11 +132,11 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
             time.sleep(delay)
         except sqlalchemy.exc.DatabaseError as exc:
             raise ConfigError(
-                f"storage {shown}: not an Optuna database ({_first_line(exc)})"
+                f"storage {safe_url}: not an Optuna database ({_first_line(exc)})"
             ) from None
         except RuntimeError as exc:
             # Optuna raises RuntimeError for a database written by another schema version.
-            raise ConfigError(f"storage {shown}: {_first_line(exc)}") from None
+            raise ConfigError(f"storage {safe_url}: {_first_line(exc)}") from None
     raise AssertionError("unreachable")
 
 

@@ -94,7 +94,7 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
         raise ConfigError(f"{out}: parent folder {out.parent} does not exist")
     study_dir = out / request.study
     url = request.storage or default_storage_url(out)
-    shown = describe_url(url)
+    safe_url = describe_url(url)
     # A worker without trials (creating a study, or rewriting the outputs) reads no data.
     bins = _verification_bins(request) if request.trials > 0 else []
 
@@ -105,7 +105,7 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
                 "study, or give its database with --storage"
             )
         storage = open_storage(url, request.heartbeat_interval, request.grace_period)
-        settings = _stored_settings(storage, request.study, shown)
+        settings = _stored_settings(storage, request.study, safe_url)
         settings = joined_settings(request, settings, request.study)
         if request.trials > 0:
             _check_inputs(request.data, bins, settings.base.image_size)
@@ -115,20 +115,20 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
             sampler=_sampler(request.seed),
             pruner=_pruner(settings),
         )
-        logger.info("joined study %s in %s", request.study, shown)
+        logger.info("joined study %s in %s", request.study, safe_url)
     else:
         settings = new_settings(request)
         if request.trials > 0:
             _check_inputs(request.data, bins, settings.base.image_size)
         out.mkdir(exist_ok=True)
         storage = open_storage(url, request.heartbeat_interval, request.grace_period)
-        _check_new_study(storage, request.study, shown)
+        _check_new_study(storage, request.study, safe_url)
         if (study_dir / TRIALS_FOLDER).is_dir() and any((study_dir / TRIALS_FOLDER).iterdir()):
             raise ConfigError(
                 f"{study_dir}: contains the trials of an earlier study named {request.study!r}; "
                 "choose another --study or --out"
             )
-        study = _create_study(storage, request, settings, shown)
+        study = _create_study(storage, request, settings, safe_url)
     (study_dir / TRIALS_FOLDER).mkdir(parents=True, exist_ok=True)
 
     if request.trials > 0:
@@ -141,7 +141,7 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
             gc_after_trial=True,
         )
     _fail_stale_trials(study)
-    return write_outputs(study, settings, study_dir, shown, request.budget)
+    return write_outputs(study, settings, study_dir, safe_url, request.budget)
 
 
 def _verification_bins(request: TuneRequest) -> list[str]:
@@ -178,38 +178,43 @@ def _pruner(settings: TuneSettings) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _stored_settings(storage: optuna.storages.BaseStorage, study: str, shown: str) -> TuneSettings:
+def _stored_settings(
+    storage: optuna.storages.BaseStorage, study: str, safe_url: str
+) -> TuneSettings:
     try:
         study_id = storage.get_study_id_from_name(study)
     except KeyError:
         names = sorted(s.study_name for s in storage.get_all_studies())
         known = ", ".join(names[:10]) if names else "none"
         raise ConfigError(
-            f"study {study!r} not found in {shown} (studies there: {known}); leave out --resume "
+            f"study {study!r} not found in {safe_url} (studies there: {known}); leave out --resume "
             "to create it"
         ) from None
     data = storage.get_study_user_attrs(study_id).get(SETTINGS_KEY)
     if data is None:
         raise ConfigError(
-            f"study {study!r} in {shown} has no pocketnas tune settings: it was not created by "
+            f"study {study!r} in {safe_url} has no pocketnas tune settings: it was not created by "
             "pocketnas tune, or its first worker is still starting (try again in a few seconds)"
         )
-    return TuneSettings.from_dict(data, f"study {study!r} in {shown}")
+    return TuneSettings.from_dict(data, f"study {study!r} in {safe_url}")
 
 
-def _check_new_study(storage: optuna.storages.BaseStorage, study: str, shown: str) -> None:
+def _check_new_study(storage: optuna.storages.BaseStorage, study: str, safe_url: str) -> None:
     try:
         storage.get_study_id_from_name(study)
     except KeyError:
         return
     raise ConfigError(
-        f"study {study!r} already exists in {shown}; add --resume to continue it, or choose "
+        f"study {study!r} already exists in {safe_url}; add --resume to continue it, or choose "
         "another --study name"
     )
 
 
 def _create_study(
-    storage: optuna.storages.BaseStorage, request: TuneRequest, settings: TuneSettings, shown: str
+    storage: optuna.storages.BaseStorage,
+    request: TuneRequest,
+    settings: TuneSettings,
+    safe_url: str,
 ) -> optuna.Study:
     directions = [StudyDirection.MAXIMIZE]
     if settings.objective == "multi":
@@ -224,14 +229,14 @@ def _create_study(
         )
     except optuna.exceptions.DuplicatedStudyError:
         raise ConfigError(
-            f"study {request.study!r} already exists in {shown}; add --resume to continue it, or "
-            "choose another --study name"
+            f"study {request.study!r} already exists in {safe_url}; add --resume to continue it, "
+            "or choose another --study name"
         ) from None
     study.set_user_attr(SETTINGS_KEY, settings.to_dict())
     logger.info(
         "created study %s in %s: objective %s, cost %s, pruner %s, %d proxy epoch(s)",
         request.study,
-        shown,
+        safe_url,
         settings.objective,
         settings.cost,
         settings.pruner,
@@ -272,7 +277,7 @@ def write_outputs(
     study: optuna.Study,
     settings: TuneSettings,
     study_dir: Path,
-    shown: str,
+    safe_url: str,
     budget: float | None,
 ) -> TuneResult:
     """Write trials.csv, pareto.csv, pareto.png and best.yaml of the whole study."""
@@ -310,7 +315,7 @@ def write_outputs(
 
     return TuneResult(
         study=study.study_name,
-        storage=shown,
+        storage=safe_url,
         folder=study_dir,
         settings=settings,
         rows=rows,

@@ -121,6 +121,24 @@ def test_run_writes_csv_and_tensorboard(face_data: Path, tmp_path: Path):
     assert load_checkpoint(result.run_dir / "checkpoints" / "epoch_001.pt")["step"] == 4
 
 
+def test_resume_finished_run_returns_metrics(face_data: Path, tmp_path: Path):
+    config = tiny_config(epochs=2)
+    bins = [face_data / "verification.bin"]
+    run = tmp_path / "run"
+    first = run_retrain(config, POCKETNET_GENOTYPE, face_data, run, bins, show_progress=False)
+    again = run_retrain(
+        config, POCKETNET_GENOTYPE, face_data, run, bins, resume=True, show_progress=False
+    )
+    assert again.step == first.step == 8
+    assert set(again.metrics) == set(first.metrics)
+    assert again.metrics["epoch"] == 2
+    assert again.metrics["verification_accuracy"] == pytest.approx(
+        first.metrics["verification_accuracy"], rel=1e-5
+    )
+    assert again.metrics["train_loss"] == pytest.approx(first.metrics["train_loss"], rel=1e-5)
+    assert len(CsvLog(run / "metrics.csv").rows) == 2
+
+
 def test_nan_loss_keeps_good_checkpoint(
     face_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
