@@ -224,14 +224,7 @@ def plot_front(
         xs, ys = zip(*(point(r) for r in front), strict=True)
         axes.step(xs, ys, where="post", color=_FRONT_COLOUR, alpha=0.7)
         axes.scatter(xs, ys, color=_FRONT_COLOUR, zorder=3, label="Pareto front")
-        for row in front:
-            axes.annotate(
-                f"#{row.number}: C{row.channels} L{row.layers} E{row.embedding_size}",
-                point(row),
-                textcoords="offset points",
-                xytext=(6, -12),
-                fontsize=8,
-            )
+        _label_front(axes, [point(row) for row in front], front)
     if chosen is not None:
         x, y = point(chosen)
         axes.scatter(
@@ -255,6 +248,27 @@ def plot_front(
     if front or others:
         axes.legend(loc="lower right", fontsize=8)
     return figure
+
+
+def _label_front(axes: Any, points: list[tuple[float, float]], front: Sequence[TrialRow]) -> None:
+    """Label the front's points below them, or above when the cheaper neighbour is close.
+
+    Along the front both cost and accuracy rise, so of two close points the costlier one is the
+    higher one, and its label goes above it.
+    """
+    costs = [x for x, _ in points]
+    close = 0.05 * (max(costs) - min(costs))
+    below_previous = False
+    for index, (row, xy) in enumerate(zip(front, points, strict=True)):
+        above = index > 0 and below_previous and xy[0] - points[index - 1][0] < close
+        axes.annotate(
+            f"#{row.number}: C{row.channels} L{row.layers} E{row.embedding_size}",
+            xy,
+            textcoords="offset points",
+            xytext=(6, 5) if above else (6, -12),
+            fontsize=8,
+        )
+        below_previous = not above
 
 
 def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:

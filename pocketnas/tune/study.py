@@ -294,7 +294,7 @@ def write_outputs(
     repeats = sum(1 for row in rows if row.state == "COMPLETE" and row.copy_of is not None)
     title = f"study {study.study_name}: {completed - repeats} trained trial(s)"
     if repeats:
-        title += f", {repeats} repeat(s) of them not drawn"
+        title += f", {repeats} repeated parameters (not plotted)"
     figure = plot_front(rows, front, chosen, settings.cost, title, settings.base.image_size)
     save_png(figure, plot)
 
