@@ -538,15 +538,17 @@ def _add_tune_objective(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tune_worker(p: argparse.ArgumentParser) -> None:
-    """Add the heartbeat, seed and resume options of one tuning worker."""
+    """Add the heartbeat, seed and resume options of a tuning worker."""
     p.add_argument(
-        "--heartbeat-interval", type=int, default=30, help="seconds between trial heartbeats"
+        "--heartbeat-interval",
+        type=int,
+        help="seconds between trial heartbeats (default 30); stored in the study at creation",
     )
     p.add_argument(
         "--grace-period",
         type=int,
-        default=120,
-        help="seconds without a heartbeat before a running trial counts as dead and is retried",
+        help="seconds without a heartbeat before a running trial counts as dead and is retried "
+        "(default 120); stored in the study at creation",
     )
     p.add_argument("--seed", type=int, help="sampler seed of this worker (default: random)")
     p.add_argument(
@@ -592,6 +594,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         f"study {result.study} in {result.storage}: {len(result.rows)} trials ({counts or 'none'})"
     )
     print(f"Pareto front (accuracy, {COST_LABELS[cost]}), cheapest first:")
+    if not result.front:
+        print("  (no completed trial yet)")
     for row in result.front:
         print(
             f"  trial {row.number}: {row.describe()}: accuracy {row.accuracy:.4f}, "

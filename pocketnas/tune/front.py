@@ -33,6 +33,15 @@ from pocketnas.tune.settings import TuneSettings
 logger = logging.getLogger(__name__)
 
 COST_LABELS = {"mflops": "MFLOPs", "params": "parameters"}
+
+
+def format_cost(value: float, cost: str) -> str:
+    """Return a cost with its unit: "89.97 MFLOPs" or "1,729,408 parameters"."""
+    if cost == "mflops":
+        return f"{value:.2f} MFLOPs"
+    return f"{value:,.0f} parameters"
+
+
 _DPI = 120
 # Okabe-Ito colours, as in pocketnas.analysis.plots.
 _FRONT_COLOUR = "#D55E00"
@@ -295,12 +304,12 @@ def export_preset(
         genotype=settings.genotype,
     )
     config.validate()
-    unit = COST_LABELS[settings.cost]
-    within = "" if budget is None else f" within the budget of {budget:g} {unit}"
+    within = "" if budget is None else f" within the budget of {format_cost(budget, settings.cost)}"
+    epochs = f"{settings.proxy_epochs} epoch{'s' if settings.proxy_epochs != 1 else ''}"
     header = (
         f"# Exported by pocketnas tune from study {study}, trial {chosen.number}: the most "
         f"accurate completed trial{within}.\n"
-        f"# Proxy schedule ({settings.proxy_epochs} epochs): verification accuracy "
+        f"# Proxy schedule ({epochs}): verification accuracy "
         f"{chosen.accuracy:.4f}, {chosen.mflops:.2f} MFLOPs, {chosen.params:,} parameters.\n"
         "# The schedule below is the base preset's full one: "
         "pocketnas retrain --preset THIS_FILE --data DIR --out RUN\n"

@@ -1,9 +1,10 @@
 """Settings of a tuning study, stored in the study so that every worker tunes the same thing.
 
 The settings that shape the trials (objective, cost, pruner, proxy schedule, search space,
-genotype and the base retraining preset) are written into the study's user attributes when the
-study is created. A worker that joins with `resume` takes them from there; an option that it
-gives anyway must agree with the stored value.
+genotype and the base retraining preset) and the heartbeat settings that decide when a worker
+counts as dead are written into the study's user attributes when the study is created. A
+worker that joins with `resume` takes them from there, and an option that it gives anyway must
+agree with the stored value.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pocketnas.config import RetrainConfig, from_mapping, load_preset
 from pocketnas.errors import ConfigError
@@ -28,8 +29,11 @@ COSTS = ("mflops", "params")
 PRUNERS = ("none", "median", "hyperband")
 DEFAULT_PRESET = "pocketnet-s128"
 DEFAULT_PROXY_EPOCHS = 2
+DEFAULT_HEARTBEAT_INTERVAL = 30  # seconds
+DEFAULT_GRACE_PERIOD = 120  # seconds
 SETTINGS_KEY = "pocketnas_tune"  # study user attribute that stores the settings
 SETTINGS_VERSION = 1
+_T = TypeVar("_T")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -54,8 +58,8 @@ class TuneRequest:
     widths: str | None = None  # CHANNELS:CELLS,... (default: DEFAULT_WIDTHS)
     embedding_sizes: list[int] | None = None
     budget: float | None = None  # cost limit for the exported trial, in the cost's unit
-    heartbeat_interval: int = 30  # seconds between heartbeats of a running trial
-    grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
+    heartbeat_interval: int | None = None  # seconds between heartbeats of a running trial
+    grace_period: int | None = None  # seconds without a heartbeat before a trial counts as dead
     seed: int | None = None  # sampler seed of this worker (None: random)
 
 
@@ -72,6 +76,9 @@ class TuneSettings:
     embedding_sizes: list[int]
     genotype: str  # the authors' Genotype(...) text form
     base: RetrainConfig  # the full schedule that the exported preset keeps
+    # Every worker must judge the others' heartbeats alike, so these are study settings too.
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as JSON-ready data (JSON object keys must be strings)."""
@@ -87,6 +94,8 @@ class TuneSettings:
             "embedding_sizes": list(self.embedding_sizes),
             "genotype": self.genotype,
             "base": base,
+            "heartbeat_interval": self.heartbeat_interval,
+            "grace_period": self.grace_period,
         }
 
     @classmethod
@@ -109,6 +118,8 @@ class TuneSettings:
                 embedding_sizes=[int(e) for e in data["embedding_sizes"]],
                 genotype=str(data["genotype"]),
                 base=from_mapping(RetrainConfig, dict(data["base"]), f"{source}: base preset"),
+                heartbeat_interval=int(data.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)),
+                grace_period=int(data.get("grace_period", DEFAULT_GRACE_PERIOD)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: damaged pocketnas tune settings ({exc!r})") from None
@@ -134,6 +145,11 @@ class TuneSettings:
         if self.proxy_steps is not None and self.proxy_steps <= 0:
             raise ConfigError(f"proxy steps must be positive, got {self.proxy_steps}")
         check_space(self.widths, self.embedding_sizes)
+        if self.heartbeat_interval <= 0 or self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                "the heartbeat interval must be positive and shorter than the grace period; got "
+                f"{self.heartbeat_interval} s and {self.grace_period} s"
+            )
         self.base.validate()
         _check_derived(self.base)
 
@@ -192,21 +208,29 @@ def new_settings(request: TuneRequest) -> TuneSettings:
     genotype = _requested_genotype(request, base)
     if genotype is None:
         raise ConfigError("the base preset carries no genotype; give one with --genotype FILE")
-    objective = request.objective or "multi"
+    objective = _or_default(request.objective, "multi")
     default_pruner = "median" if objective == "accuracy" else "none"
+    widths = dict(DEFAULT_WIDTHS) if request.widths is None else parse_widths(request.widths)
     settings = TuneSettings(
         objective=objective,
-        cost=request.cost or "mflops",
-        pruner=request.pruner or default_pruner,
-        proxy_epochs=request.proxy_epochs or DEFAULT_PROXY_EPOCHS,
+        cost=_or_default(request.cost, "mflops"),
+        pruner=_or_default(request.pruner, default_pruner),
+        proxy_epochs=_or_default(request.proxy_epochs, DEFAULT_PROXY_EPOCHS),
         proxy_steps=request.proxy_steps,
-        widths=parse_widths(request.widths) if request.widths else dict(DEFAULT_WIDTHS),
-        embedding_sizes=list(request.embedding_sizes or DEFAULT_EMBEDDING_SIZES),
+        widths=widths,
+        embedding_sizes=list(_or_default(request.embedding_sizes, DEFAULT_EMBEDDING_SIZES)),
         genotype=genotype,
         base=base,
+        heartbeat_interval=_or_default(request.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL),
+        grace_period=_or_default(request.grace_period, DEFAULT_GRACE_PERIOD),
     )
     settings.validate()
     return settings
+
+
+def _or_default(value: _T | None, default: _T) -> _T:
+    """Return `value` unless it is None, so that validation rejects zero and empty values."""
+    return default if value is None else value
 
 
 def joined_settings(request: TuneRequest, stored: TuneSettings, study: str) -> TuneSettings:
@@ -221,8 +245,10 @@ def joined_settings(request: TuneRequest, stored: TuneSettings, study: str) -> T
         "pruner": request.pruner,
         "proxy_epochs": request.proxy_epochs,
         "proxy_steps": request.proxy_steps,
-        "widths": parse_widths(request.widths) if request.widths else None,
+        "widths": None if request.widths is None else parse_widths(request.widths),
         "embedding_sizes": request.embedding_sizes,
+        "heartbeat_interval": request.heartbeat_interval,
+        "grace_period": request.grace_period,
     }
     base = _requested_base(request)
     if base is not None:

@@ -41,7 +41,10 @@ def parse_widths(text: str) -> dict[int, int]:
         if channels in widths:
             raise ConfigError(f"width table {text!r} names {channels} channels twice")
         widths[channels] = layers
-    check_space(widths, DEFAULT_EMBEDDING_SIZES)
+    try:
+        check_space(widths, DEFAULT_EMBEDDING_SIZES)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid --widths {text!r}: {exc}") from None
     return widths
 
 

@@ -14,10 +14,12 @@ Workers share a study through the database. Three settings make that safe:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -62,27 +64,95 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {}
 
 
-def _check_sqlite_folder(url: str) -> None:
+def _check_sqlite_file(url: str) -> None:
+    """Check the folder of a SQLite database and, when the file exists, its content.
+
+    Raises:
+        ConfigError: the folder is missing, the file is not an SQLite database, fails SQLite's
+            quick check (damaged pages), or contains tables but none of Optuna's.
+    """
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
-    parent = Path(parsed.database).parent
-    if not parent.is_dir():
-        raise ConfigError(f"storage {describe_url(url)}: folder {parent} does not exist")
+    path = Path(parsed.database)
+    safe_url = describe_url(url)
+    if not path.parent.is_dir():
+        raise ConfigError(f"storage {safe_url}: folder {path.parent} does not exist")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        # Read-only, so that a file that is not a study is never written into.
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        ) as connection:
+            tables = {
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise ConfigError(f"storage {safe_url}: not an Optuna database ({exc})") from None
+        raise ConfigError(
+            f"storage {safe_url}: damaged SQLite database ({exc}); restore it from a copy or "
+            "start a new one"
+        ) from None
+    if problems != ["ok"]:
+        raise ConfigError(
+            f"storage {safe_url}: damaged SQLite database (quick_check: {problems[0]}); "
+            "restore it from a copy or start a new one"
+        )
+    if tables and "studies" not in tables:
+        shown_tables = ", ".join(sorted(tables)[:5])
+        raise ConfigError(
+            f"storage {safe_url}: not an Optuna database (its tables: {shown_tables}); give "
+            "another file"
+        )
 
 
-def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
+def describe_database_error(exc: BaseException) -> str:
+    """Return the first line of the database's own error behind `exc`.
+
+    Optuna wraps failed commits in StorageInternalError, whose message guesses at a cause; the
+    error that it wraps names the real one.
+    """
+    cause = exc
+    while isinstance(cause, optuna.exceptions.StorageInternalError) and cause.__cause__:
+        cause = cause.__cause__
+    return _first_line(cause)
+
+
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> RDBStorage:
     """Open (and create if needed) the Optuna database at `url`, with heartbeats and retries.
+
+    Without `heartbeat_interval` and `grace_period` the storage records no heartbeats and retries
+    no trial, which suits a worker that only reads the study's settings.
 
     Raises:
         ConfigError: the URL is invalid, its driver is not installed, or the database cannot be
-            reached or is not an Optuna storage. The message shows the URL without its password.
+            reached, is damaged or is not an Optuna storage. The message shows the URL without
+            its password.
     """
-    if heartbeat_interval <= 0 or grace_period <= heartbeat_interval:
-        raise ConfigError(
-            f"the heartbeat interval must be positive and shorter than the grace period; got "
-            f"{heartbeat_interval} s and {grace_period} s"
-        )
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval is not None and grace_period is not None:
+        if heartbeat_interval <= 0 or grace_period <= heartbeat_interval:
+            raise ConfigError(
+                f"the heartbeat interval must be positive and shorter than the grace period; got "
+                f"{heartbeat_interval} s and {grace_period} s"
+            )
+        with warnings.catch_warnings():
+            # Optuna marks the heartbeat experimental; pocketnas relies on it knowingly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES, inherit_intermediate_values=True
+            )
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry,
+        }
     safe_url = describe_url(url)
     try:
         kwargs = _engine_kwargs(url)
@@ -91,21 +161,12 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
             f"invalid storage URL {safe_url!r} ({exc}); use sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         ) from None
-    _check_sqlite_folder(url)
+    _check_sqlite_file(url)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
         try:
             with warnings.catch_warnings():
-                # The heartbeat is marked experimental in Optuna; pocketnas relies on it knowingly.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url,
-                    engine_kwargs=kwargs,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRIES, inherit_intermediate_values=True
-                    ),
-                )
+                return RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
         except sqlalchemy.exc.NoSuchModuleError as exc:
             raise ConfigError(f"storage {safe_url}: unknown database kind ({exc})") from None
         except sqlalchemy.exc.ArgumentError as exc:
@@ -113,8 +174,9 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
         except ImportError as exc:
             cause = exc.__cause__ or exc
             raise ConfigError(
-                f"storage {safe_url}: the database driver is not installed ({cause}); "
-                "PostgreSQL URLs need psycopg (pip install 'psycopg[binary]')"
+                f"storage {safe_url}: the database driver is not installed ({cause}); for "
+                "PostgreSQL write postgresql://..., which uses psycopg "
+                "(pip install 'psycopg[binary]')"
             ) from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             # Another worker may be creating the tables right now: wait and look again.

@@ -13,6 +13,7 @@ worker finishes, so the last worker to finish leaves the complete picture.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections import Counter
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -27,10 +29,10 @@ from pocketnas.data.dataset import FaceRecordDataset
 from pocketnas.errors import ConfigError, PocketNasError
 from pocketnas.evaluation.embeddings import VerificationSet
 from pocketnas.tune.front import (
-    COST_LABELS,
     TrialRow,
     choose_trial,
     export_preset,
+    format_cost,
     pareto_front,
     plot_front,
     save_png,
@@ -47,7 +49,12 @@ from pocketnas.tune.settings import (
     joined_settings,
     new_settings,
 )
-from pocketnas.tune.storage import default_storage_url, describe_url, open_storage
+from pocketnas.tune.storage import (
+    default_storage_url,
+    describe_database_error,
+    describe_url,
+    open_storage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,53 +105,79 @@ def run_tune(request: TuneRequest, show_progress: bool = True) -> TuneResult:
     # A worker without trials (creating a study, or rewriting the outputs) reads no data.
     bins = _verification_bins(request) if request.trials > 0 else []
 
-    if request.resume:
-        if request.storage is None and not (out / "tune.db").is_file():
-            raise ConfigError(
-                f"{out / 'tune.db'}: study database not found; leave out --resume to create the "
-                "study, or give its database with --storage"
-            )
-        storage = open_storage(url, request.heartbeat_interval, request.grace_period)
-        settings = _stored_settings(storage, request.study, safe_url)
-        settings = joined_settings(request, settings, request.study)
-        if request.trials > 0:
-            _check_inputs(request.data, bins, settings.base.image_size)
-        study = optuna.load_study(
-            study_name=request.study,
-            storage=storage,
-            sampler=_sampler(request.seed),
-            pruner=_pruner(settings),
-        )
-        logger.info("joined study %s in %s", request.study, safe_url)
-    else:
-        settings = new_settings(request)
-        if request.trials > 0:
-            _check_inputs(request.data, bins, settings.base.image_size)
-        out.mkdir(exist_ok=True)
-        storage = open_storage(url, request.heartbeat_interval, request.grace_period)
-        _check_new_study(storage, request.study, safe_url)
-        if (study_dir / TRIALS_FOLDER).is_dir() and any((study_dir / TRIALS_FOLDER).iterdir()):
-            raise ConfigError(
-                f"{study_dir}: contains the trials of an earlier study named {request.study!r}; "
-                "choose another --study or --out"
-            )
-        study = _create_study(storage, request, settings, safe_url)
-    (study_dir / TRIALS_FOLDER).mkdir(parents=True, exist_ok=True)
+    try:
+        if request.resume:
+            study, settings = _join_study(request, url, safe_url, bins)
+        else:
+            study, settings = _new_study(request, url, safe_url, bins, study_dir)
+        (study_dir / TRIALS_FOLDER).mkdir(parents=True, exist_ok=True)
 
-    if request.trials > 0:
-        objective = TrialObjective(settings, request.data, study_dir, bins, show_progress)
-        study.optimize(
-            objective,
-            n_trials=request.trials,
-            catch=(PocketNasError,),
-            callbacks=[_log_trial],
-            gc_after_trial=True,
+        if request.trials > 0:
+            objective = TrialObjective(settings, request.data, study_dir, bins, show_progress)
+            study.optimize(
+                objective,
+                n_trials=request.trials,
+                catch=(PocketNasError,),
+                callbacks=[functools.partial(_log_trial, settings.cost)],
+                gc_after_trial=True,
+            )
+        _fail_stale_trials(study)
+        return write_outputs(study, settings, study_dir, safe_url, request.budget)
+    except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError) as exc:
+        # A damaged page that the checks at opening missed, or a server that went away.
+        raise ConfigError(
+            f"storage {safe_url}: database error ({describe_database_error(exc)}); if the "
+            "database is damaged, restore it from a copy or start a new one"
+        ) from None
+
+
+def _join_study(
+    request: TuneRequest, url: str, safe_url: str, bins: list[str]
+) -> tuple[optuna.Study, TuneSettings]:
+    out = Path(request.out)
+    if request.storage is None and not (out / "tune.db").is_file():
+        raise ConfigError(
+            f"{out / 'tune.db'}: study database not found; leave out --resume to create the "
+            "study, or give its database with --storage"
         )
-    _fail_stale_trials(study)
-    return write_outputs(study, settings, study_dir, safe_url, request.budget)
+    reader = open_storage(url)
+    settings = _stored_settings(reader, request.study, safe_url)
+    reader.engine.dispose()
+    settings = joined_settings(request, settings, request.study)
+    if request.trials > 0:
+        _check_inputs(request.data, bins, settings.base.image_size)
+    # Every worker of the study beats and judges the others' heartbeats at the study's rate.
+    storage = open_storage(url, settings.heartbeat_interval, settings.grace_period)
+    study = optuna.load_study(
+        study_name=request.study,
+        storage=storage,
+        sampler=_sampler(request.seed),
+        pruner=_pruner(settings),
+    )
+    logger.info("joined study %s in %s", request.study, safe_url)
+    return study, settings
+
+
+def _new_study(
+    request: TuneRequest, url: str, safe_url: str, bins: list[str], study_dir: Path
+) -> tuple[optuna.Study, TuneSettings]:
+    settings = new_settings(request)
+    if request.trials > 0:
+        _check_inputs(request.data, bins, settings.base.image_size)
+    Path(request.out).mkdir(exist_ok=True)
+    storage = open_storage(url, settings.heartbeat_interval, settings.grace_period)
+    _check_new_study(storage, request.study, safe_url)
+    if (study_dir / TRIALS_FOLDER).is_dir() and any((study_dir / TRIALS_FOLDER).iterdir()):
+        raise ConfigError(
+            f"{study_dir}: contains the trials of an earlier study named {request.study!r}; "
+            "choose another --study or --out"
+        )
+    return _create_study(storage, request, settings, safe_url), settings
 
 
 def _verification_bins(request: TuneRequest) -> list[str]:
+    if not Path(request.data).is_dir():
+        raise ConfigError(f"{request.data}: training data folder not found")
     if request.bins:
         return list(request.bins)
     default = Path(request.data) / "verification.bin"
@@ -245,17 +278,17 @@ def _create_study(
     return study
 
 
-def _log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def _log_trial(cost: str, study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.state == TrialState.COMPLETE:
         assert trial.values is not None
         logger.info(
             "trial %d finished: accuracy %.4f%s",
             trial.number,
             trial.values[0],
-            f", cost {trial.values[1]:.6g}" if len(trial.values) > 1 else "",
+            f", {format_cost(trial.values[1], cost)}" if len(trial.values) > 1 else "",
         )
     elif trial.state == TrialState.PRUNED:
-        logger.info("trial %d pruned", trial.number)
+        pass  # The objective logged the epoch and the accuracy at which it pruned the trial.
     else:
         logger.warning("trial %d ended as %s", trial.number, trial.state.name)
 
@@ -305,10 +338,10 @@ def write_outputs(
         export_preset(preset, settings, chosen, study.study_name, budget)
     else:
         if completed:
+            assert budget is not None
             logger.warning(
-                "no completed trial costs at most %g %s; no preset exported",
-                budget,
-                COST_LABELS[settings.cost],
+                "no completed trial costs at most %s; no preset exported",
+                format_cost(budget, settings.cost),
             )
         preset.unlink(missing_ok=True)
         preset = None

@@ -177,7 +177,7 @@ def test_exported_preset_loads(tmp_path: Path) -> None:
     export_preset(tmp_path / "best.yaml", settings, chosen, "s", 1000.0)
     text = (tmp_path / "best.yaml").read_text()
     assert text.startswith("# Exported by pocketnas tune from study s, trial 4")
-    assert "within the budget of 1000 MFLOPs" in text
+    assert "within the budget of 1000.00 MFLOPs" in text
     config = load_preset(RetrainConfig, tmp_path / "best.yaml")
     assert config.channels == 24
     assert config.layers == 12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -93,7 +94,7 @@ def test_tune_writes_front_and_preset(tune_data, tiny_preset, tmp_path, capsys):
     assert budgeted["embedding_size"] == int(cheapest["embedding_size"])
     code, stdout, err = _run(tune_args("widths", tune_data, out, *budget[:-1], "0.5"), capsys)
     assert code == 0, err
-    assert "no completed trial costs at most 0.5 MFLOPs" in err
+    assert "no completed trial costs at most 0.50 MFLOPs" in err
     assert not (folder / "best.yaml").exists()
     no_data = tmp_path / "no-data"
     code, _, err = _run(tune_args("widths", no_data, out, "--trials", "0", "--resume"), capsys)
@@ -172,6 +173,24 @@ def test_existing_study_needs_resume(tune_data, tiny_preset, tmp_path, capsys):
     _assert_one_line(err, "already exists")
 
 
+def test_heartbeat_settings_stored_in_study(tune_data, tiny_preset, tmp_path, capsys):
+    out = tmp_path / "out"
+    heartbeat = ["--heartbeat-interval", "3", "--grace-period", "9"]
+    args = [*tune_args("s", tune_data, out, "--trials", "0", *heartbeat), *tiny_space(tiny_preset)]
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    study = optuna.load_study(study_name="s", storage=default_storage_url(out))
+    stored = study.user_attrs["pocketnas_tune"]
+    assert stored["heartbeat_interval"] == 3
+    assert stored["grace_period"] == 9
+    resume = tune_args("s", tune_data, out, "--trials", "0", "--resume")
+    code, _, err = _run([*resume, "--grace-period", "60"], capsys)
+    assert code == 2
+    _assert_one_line(err, "another --grace-period")
+    code, _, err = _run([*resume, "--grace-period", "9"], capsys)
+    assert code == 0, err
+
+
 def test_resume_unknown_study(tune_data, tiny_preset, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = _run(tune_args("a", tune_data, out, "--trials", "1", "--resume"), capsys)
@@ -204,6 +223,48 @@ def test_bad_storage_url(storage, fragment, tune_data, tiny_preset, tmp_path, ca
     assert ":pw@" not in err
 
 
+def _overwrite_table_root(database: Path, table: str) -> None:
+    """Overwrite the root page of `table` with 0xff bytes, as a damaged disk might."""
+    connection = sqlite3.connect(database)
+    try:
+        query = "SELECT rootpage FROM sqlite_master WHERE name = ?"
+        (page,) = connection.execute(query, (table,)).fetchone()
+        (page_size,) = connection.execute("PRAGMA page_size").fetchone()
+    finally:
+        connection.close()
+    with database.open("r+b") as handle:
+        handle.seek((page - 1) * page_size)
+        handle.write(b"\xff" * page_size)
+
+
+def test_damaged_page_in_storage(tune_data, tiny_preset, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [*tune_args("s", tune_data, out, "--trials", "0"), *tiny_space(tiny_preset)]
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    (out / "s" / "trials.csv").unlink()
+    _overwrite_table_root(out / "tune.db", "study_user_attributes")
+    code, _, err = _run(tune_args("s", tune_data, out, "--trials", "0", "--resume"), capsys)
+    assert code == 2
+    _assert_one_line(err, str(out / "tune.db"), "damaged SQLite database")
+    assert not (out / "s" / "trials.csv").exists()
+
+
+def test_foreign_sqlite_file_untouched(tune_data, tiny_preset, tmp_path, capsys):
+    database = tmp_path / "people.db"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE people (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = database.read_bytes()
+    storage = f"sqlite:///{database}"
+    args = tune_args("s", tune_data, tmp_path / "out", "--trials", "0", "--storage", storage)
+    code, _, err = _run([*args, *tiny_space(tiny_preset)], capsys)
+    assert code == 2
+    _assert_one_line(err, "not an Optuna database", "people")
+    assert database.read_bytes() == before
+
+
 def test_damaged_sqlite_storage(tune_data, tiny_preset, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -220,6 +281,10 @@ def test_damaged_sqlite_storage(tune_data, tiny_preset, tmp_path, capsys):
     [
         (["--pruner", "median"], "needs --objective accuracy"),
         (["--widths", "8:2"], "at least 4 cells"),
+        (["--widths", "0:9"], "invalid --widths '0:9'"),
+        (["--widths", ""], "invalid width"),
+        (["--proxy-epochs", "0"], "proxy epochs must be positive"),
+        (["--embedding-sizes", "0"], "embedding sizes must be positive"),
         (["--study", "../escape"], "invalid study name"),
         (["--trials", "-1"], "--trials must be 0 or more"),
         (["--heartbeat-interval", "60", "--grace-period", "30"], "shorter than the grace period"),
@@ -230,6 +295,16 @@ def test_bad_option(extra, fragment, tune_data, tiny_preset, tmp_path, capsys):
     code, _, err = _run([*args, *extra], capsys)
     assert code == 2
     _assert_one_line(err, fragment)
+
+
+def test_missing_data_folder(tiny_preset, tmp_path, capsys):
+    missing = tmp_path / "no-such-data"
+    code, _, err = _run(
+        [*tune_args("s", missing, tmp_path / "out", "--trials", "1"), *tiny_space(tiny_preset)],
+        capsys,
+    )
+    assert code == 2
+    _assert_one_line(err, str(missing), "training data folder not found")
 
 
 def test_missing_verification_set(tune_data, tiny_preset, tmp_path, capsys):

@@ -106,7 +106,8 @@ def test_killed_worker_trial_retried(tune_data, tiny_preset, tmp_path, capsys):
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
     time.sleep(3)  # past the grace period of 2 s since the last heartbeat
 
-    resume = tune_args("killed", tune_data, out, "--trials", "1", "--resume", *heartbeat)
+    # Without the heartbeat options: the worker takes them from the study.
+    resume = tune_args("killed", tune_data, out, "--trials", "1", "--resume")
     assert main(["-q", *resume]) == 0, capsys.readouterr().err
     killed, retry = study.get_trials()
     assert killed.state == TrialState.FAIL
