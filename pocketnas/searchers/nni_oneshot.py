@@ -263,6 +263,9 @@ def _search(
     if recorder.genotype is None:
         raise PocketNasError(f"{searcher} finished without completing an epoch")
     atomic_write_text(run.path / "genotype.json", recorder.genotype.to_json())
+    # NNI's strategies cannot resume, so the checkpoints folder that RunFolder made stays empty.
+    with contextlib.suppress(OSError):
+        run.checkpoints.rmdir()
     return SearchResult(
         genotype=recorder.genotype,
         run_dir=run.path,

@@ -142,6 +142,7 @@ def test_nni_searcher_writes_genotype(face_data, tmp_path, searcher):
         assert 0.0 <= float(row["val_accuracy"]) <= 1.0
         assert float(row["train_loss"]) > 0
     assert "order: first" in (run / "config.yaml").read_text()
+    assert not (run / "checkpoints").exists()  # these runs cannot resume
 
 
 def test_nni_searcher_missing_nni(face_data, tmp_path, monkeypatch, capsys):
