@@ -98,9 +98,11 @@ def _check_sqlite_file(url: str) -> None:
             "start a new one"
         ) from None
     if problems != ["ok"]:
+        # SQLite puts a "*** in database main ***" line before the first problem.
+        lines = [line for line in problems[0].splitlines() if not line.startswith("***")]
         raise ConfigError(
-            f"storage {safe_url}: damaged SQLite database (quick_check: {problems[0]}); "
-            "restore it from a copy or start a new one"
+            f"storage {safe_url}: damaged SQLite database (quick_check: "
+            f"{lines[0] if lines else problems[0]}); restore it from a copy or start a new one"
         )
     if tables and "studies" not in tables:
         shown_tables = ", ".join(sorted(tables)[:5])
