@@ -223,12 +223,12 @@ def test_bad_storage_url(storage, fragment, tune_data, tiny_preset, tmp_path, ca
     assert ":pw@" not in err
 
 
-def _overwrite_table_root(database: Path, table: str) -> None:
-    """Overwrite the root page of `table` with 0xff bytes, as a damaged disk might."""
+def _overwrite_root_page(database: Path, name: str) -> None:
+    """Overwrite the root page of the table or index `name` with 0xff bytes, as a bad disk might."""
     connection = sqlite3.connect(database)
     try:
         query = "SELECT rootpage FROM sqlite_master WHERE name = ?"
-        (page,) = connection.execute(query, (table,)).fetchone()
+        (page,) = connection.execute(query, (name,)).fetchone()
         (page_size,) = connection.execute("PRAGMA page_size").fetchone()
     finally:
         connection.close()
@@ -237,16 +237,24 @@ def _overwrite_table_root(database: Path, table: str) -> None:
         handle.write(b"\xff" * page_size)
 
 
-def test_damaged_page_in_storage(tune_data, tiny_preset, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("study_user_attributes", "database disk image is malformed"),  # a table
+        ("ix_studies_study_name", "btreeInitPage() returns error code 11"),  # an index
+    ],
+)
+def test_damaged_page_in_storage(name, problem, tune_data, tiny_preset, tmp_path, capsys):
     out = tmp_path / "out"
     args = [*tune_args("s", tune_data, out, "--trials", "0"), *tiny_space(tiny_preset)]
     code, _, err = _run(args, capsys)
     assert code == 0, err
     (out / "s" / "trials.csv").unlink()
-    _overwrite_table_root(out / "tune.db", "study_user_attributes")
+    _overwrite_root_page(out / "tune.db", name)
     code, _, err = _run(tune_args("s", tune_data, out, "--trials", "0", "--resume"), capsys)
     assert code == 2
-    _assert_one_line(err, str(out / "tune.db"), "damaged SQLite database")
+    _assert_one_line(err, str(out / "tune.db"), "damaged SQLite database", problem)
+    assert "in database main" not in err
     assert not (out / "s" / "trials.csv").exists()
 
 
