@@ -47,7 +47,7 @@ from pocketnas.search_space.choices import (
     operation_label,
 )
 from pocketnas.search_space.genotype import Genotype
-from pocketnas.searchers.search import EpochCallback, SearchResult, stratified_halves
+from pocketnas.searchers.search import EpochCallback, SearchResult, search_halves
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,14 @@ def run_nni_search(
             )
 
     dataset = FaceRecordDataset(data_dir, train=True)
+    # Split before the run folder is made, so that bad data leaves no folder behind.
+    halves = search_halves(dataset, config.seed)
     run = RunFolder(out_dir)
     run.prepare(resume=False)
     run.attach_log()
     try:
         with _quiet_libraries():
-            return _search(searcher, config, dataset, run, show_progress, on_epoch_end)
+            return _search(searcher, config, dataset, halves, run, show_progress, on_epoch_end)
     finally:
         run.detach_log()
 
@@ -194,6 +196,7 @@ def _search(
     searcher: str,
     config: SearchConfig,
     dataset: FaceRecordDataset,
+    halves: tuple[np.ndarray, np.ndarray],
     run: RunFolder,
     show_progress: bool,
     on_epoch_end: EpochCallback | None,
@@ -214,12 +217,7 @@ def _search(
         num_classes,
         dataset.record_set.folder,
     )
-    weight_idx, arch_idx = stratified_halves(labels, config.seed)
-    if len(arch_idx) == 0:
-        raise PocketNasError(
-            f"{dataset.record_set.folder}: every identity has a single image, so the architecture "
-            "half of the stratified split is empty; a search needs two or more images per identity"
-        )
+    weight_idx, arch_idx = halves
     loaders = _half_loaders(dataset, config, weight_idx, arch_idx)
     steps = min(len(loaders[0]), len(loaders[1]))
     if config.steps_per_epoch:

@@ -64,13 +64,31 @@ def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
     """Split sample indices 50/50 within every identity; odd counts give the extra to weights."""
     rng = np.random.default_rng(seed)
     weight_half, arch_half = [], []
-    for label in np.unique(labels):
-        indices = np.flatnonzero(labels == label)
+    # A stable sort groups the indices by label in ascending order, in one pass over the labels
+    # instead of one per identity.
+    order = np.argsort(labels, kind="stable")
+    _, starts = np.unique(labels[order], return_index=True)
+    for indices in np.split(order, starts[1:]):
         rng.shuffle(indices)
         cut = math.ceil(len(indices) / 2)
         weight_half.append(indices[:cut])
         arch_half.append(indices[cut:])
     return np.sort(np.concatenate(weight_half)), np.sort(np.concatenate(arch_half))
+
+
+def search_halves(dataset: FaceRecordDataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training set into its weight and architecture halves, per identity.
+
+    Raises:
+        PocketNasError: every identity has one image, so the architecture half would be empty.
+    """
+    weight_idx, arch_idx = stratified_halves(np.asarray(dataset.record_set.labels), seed)
+    if len(arch_idx) == 0:
+        raise PocketNasError(
+            f"{dataset.record_set.folder}: every identity has a single image, so the architecture "
+            "half of the stratified split is empty; a search needs two or more images per identity"
+        )
+    return weight_idx, arch_idx
 
 
 def _alphas_document(model: SearchNetwork, epoch: int) -> dict[str, Any]:
@@ -103,12 +121,14 @@ def run_search(
     dataset = FaceRecordDataset(data_dir, train=True)
     labels = np.asarray(dataset.record_set.labels)
     num_classes = int(dataset.num_classes)
+    # Split before the run folder is made, so that bad data leaves no folder behind.
+    halves = search_halves(dataset, config.seed)
     run = RunFolder(out_dir)
     resuming = run.prepare(resume)
     run.attach_log()
     try:
         return _search(
-            config, dataset, labels, num_classes, run, resuming, show_progress, on_epoch_end
+            config, dataset, labels, num_classes, halves, run, resuming, show_progress, on_epoch_end
         )
     finally:
         run.detach_log()
@@ -119,6 +139,7 @@ def _search(
     dataset: FaceRecordDataset,
     labels: np.ndarray,
     num_classes: int,
+    halves: tuple[np.ndarray, np.ndarray],
     run: RunFolder,
     resuming: bool,
     show_progress: bool,
@@ -131,12 +152,7 @@ def _search(
         num_classes,
         dataset.record_set.folder,
     )
-    weight_idx, arch_idx = stratified_halves(labels, config.seed)
-    if len(arch_idx) == 0:
-        raise PocketNasError(
-            f"{dataset.record_set.folder}: every identity has a single image, so the architecture "
-            "half of the stratified split is empty; a search needs two or more images per identity"
-        )
+    weight_idx, arch_idx = halves
     workers = config.workers
     weight_loader = training_loader(
         Subset(dataset, weight_idx.tolist()), config.batch_size, workers, config.seed
