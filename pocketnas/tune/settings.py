@@ -76,7 +76,7 @@ class TuneSettings:
     embedding_sizes: list[int]
     genotype: str  # the authors' Genotype(...) text form
     base: RetrainConfig  # the full schedule that the exported preset keeps
-    # Every worker must judge the others' heartbeats alike, so these are study settings too.
+    # Study settings too, because all workers must detect a dead worker by the same rule.
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
     grace_period: int = DEFAULT_GRACE_PERIOD
 

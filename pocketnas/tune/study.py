@@ -146,7 +146,7 @@ def _join_study(
     settings = joined_settings(request, settings, request.study)
     if request.trials > 0:
         _check_inputs(request.data, bins, settings.base.image_size)
-    # Every worker of the study beats and judges the others' heartbeats at the study's rate.
+    # All workers record heartbeats and detect dead workers with the study's interval and grace.
     storage = open_storage(url, settings.heartbeat_interval, settings.grace_period)
     study = optuna.load_study(
         study_name=request.study,
